@@ -1,0 +1,72 @@
+"""The FrozenBackbone contract (DESIGN §4) shared by every foundation-model wrapper.
+
+A backbone embeds an image of any band count into ``[B, P+N, D]`` tokens (P prefix tokens: cls and
+registers, then N patch tokens on the H/16 × W/16 grid) and runs its blocks one at a time, so that
+the segmentor can call an adapter between blocks. Its weights never train and it stays in eval
+mode, but gradients flow through it to adapters of earlier layers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def default_out_indices(num_layers: int) -> tuple[int, ...]:
+    """[7, 11, 15, 23] for 24 layers, scaled proportionally for other depths (0-based)."""
+    return tuple(max(0, round((i + 1) * num_layers / 24) - 1) for i in (7, 11, 15, 23))
+
+
+class FrozenBackbone(nn.Module, ABC):
+    """A frozen pretrained ViT stepped block by block.
+
+    Subclasses set ``embed_dim``, ``num_layers``, ``num_prefix_tokens``, ``patch_size`` (the
+    effective patch, 16) and ``out_indices``, keep their library modules in ``self.model`` and the
+    block modules in ``self.blocks`` (used by methods such as LoRA that wrap block internals).
+    """
+
+    embed_dim: int
+    num_layers: int
+    num_prefix_tokens: int
+    patch_size: int
+    out_indices: tuple[int, ...]
+    blocks: nn.ModuleList
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradient_checkpointing = False
+
+    def freeze(self) -> None:
+        """Stop gradients into every parameter and put the module in eval mode."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        """Always eval: frozen models must not switch dropout / RoPE jitter on (HF_NOTES)."""
+        return super().train(False)
+
+    @abstractmethod
+    def embed(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image ``[B, C, H, W]`` → tokens ``[B, P+N, D]`` and the patch grid ``(h, w)``."""
+
+    @abstractmethod
+    def _block_forward(self, index: int, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Run block ``index`` on ``[B, P'+N, D]`` tokens (P' ≥ P when a method inserts prompts)."""
+
+    def run_block(self, index: int, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Run one frozen block, with activation checkpointing when enabled and gradients are needed."""
+        if self.gradient_checkpointing and torch.is_grad_enabled() and tokens.requires_grad:
+            return checkpoint(self._block_forward, index, tokens, grid, use_reentrant=False)
+        return self._block_forward(index, tokens, grid)
+
+    def tokens_to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens of ``[B, P+N, D]`` → feature map ``[B, D, h, w]``."""
+        h, w = grid
+        patches = tokens[:, tokens.shape[1] - h * w:]
+        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
