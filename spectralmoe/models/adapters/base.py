@@ -2,6 +2,7 @@
 
 The segmentor drives the frozen backbone block by block:
 
+    adapter.set_grid(grid)                               # once per batch, after backbone.embed
     tokens = adapter.before_block(tokens, layer)        # e.g. VPT inserts its prompts
     tokens = backbone.run_block(layer, tokens, grid)    # frozen
     tokens, aux = adapter(tokens, layer=layer, depth_tokens=d)   # refine; prefix untouched
@@ -24,6 +25,9 @@ class Adapter(nn.Module):
 
     def attach(self, backbone: nn.Module) -> None:
         """Hook into the frozen backbone once (default: nothing)."""
+
+    def set_grid(self, grid: tuple[int, int] | None) -> None:
+        """The patch grid ``(h, w)`` of the coming batch (default: ignored; SET/FADA transform over it)."""
 
     def before_block(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Tokens entering block ``layer`` (default: unchanged)."""

@@ -1,0 +1,110 @@
+"""Build a whole Segmentor from names: backbone preset, adapter method, head, depth model, sensor.
+
+This is the one place that knows how the parts' sizes depend on each other (adapter width = backbone
+width, depth width for the depth projection, Mask2Former queries = adapter tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from spectralmoe.bands import RGB_TARGETS_UM, get_sensor
+from spectralmoe.models.adapters import adapter_uses_depth, build_adapter
+from spectralmoe.models.backbones import build_backbone
+from spectralmoe.models.depth import build_depth_encoder
+from spectralmoe.models.heads import build_head
+from spectralmoe.models.segmentor import DepthInput, Segmentor
+
+DEFAULT_DEPTH = "prompt-depth-anything-large"
+
+
+def resolve_wavelengths(sensor: str | None, wavelengths: Sequence[float] | None) -> tuple[list[float], float]:
+    """Input band wavelengths and value scale from a sensor name or explicit wavelengths (RGB default)."""
+    if sensor is not None and wavelengths is not None:
+        raise ValueError("give either sensor or wavelengths, not both")
+    if sensor is not None:
+        record = get_sensor(sensor)
+        return list(record.wavelengths_um), record.value_scale
+    if wavelengths is not None:
+        return [float(w) for w in wavelengths], 255.0
+    return list(RGB_TARGETS_UM), 255.0
+
+
+def build_segmentor(
+    *,
+    backbone: str,
+    num_classes: int,
+    adapter: str = "spectralmoe",
+    head: str = "mask2former",
+    depth: str | None = DEFAULT_DEPTH,
+    sensor: str | None = None,
+    wavelengths: Sequence[float] | None = None,
+    pretrained: bool = True,
+    backbone_weights: str | None = None,
+    depth_weights: str | None = None,
+    adapter_kwargs: dict[str, Any] | None = None,
+    head_kwargs: dict[str, Any] | None = None,
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
+    value_scale: float | None = None,
+    depth_input: DepthInput = "percentile",
+    out_indices: Sequence[int] | None = None,
+    kernel_resize: str = "bicubic",
+    gradient_checkpointing: bool = False,
+) -> Segmentor:
+    """Assemble backbone + (depth encoder) + adapter + head for ``num_classes`` classes.
+
+    ``pretrained=False`` builds every frozen model with random weights (tests, parameter counts on
+    the meta device); otherwise weights load with ``from_pretrained(weights or the preset's hub id)``.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    band_wavelengths, sensor_scale = resolve_wavelengths(sensor, wavelengths)
+    adapter_kwargs = dict(adapter_kwargs or {})
+    head_kwargs = dict(head_kwargs or {})
+
+    frozen = build_backbone(
+        backbone,
+        in_wavelengths=band_wavelengths,
+        pretrained=pretrained,
+        weights=backbone_weights,
+        out_indices=out_indices,
+        kernel_resize=kernel_resize,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    depth_encoder = None
+    if adapter_uses_depth(adapter, **adapter_kwargs):
+        if depth is None:
+            raise ValueError(f"adapter {adapter!r} needs a depth model; pass depth=<preset> or use_depth=False")
+        depth_encoder = build_depth_encoder(
+            depth,
+            num_visual_layers=frozen.num_layers,
+            pretrained=pretrained,
+            weights=depth_weights,
+            kernel_resize=kernel_resize,
+        )
+    method = build_adapter(
+        adapter,
+        embed_dim=frozen.embed_dim,
+        num_layers=frozen.num_layers,
+        num_prefix_tokens=frozen.num_prefix_tokens,
+        depth_dim=depth_encoder.embed_dim if depth_encoder is not None else None,
+        **adapter_kwargs,
+    )
+    if head == "mask2former":
+        queries = method.queries()
+        if queries is not None:  # Mask2Former's query positions come from the adapter's tokens
+            head_kwargs.setdefault("num_queries", queries.shape[0])
+            head_kwargs.setdefault("hidden_dim", queries.shape[1])
+    decoder = build_head(head, num_classes=num_classes, in_channels=(frozen.embed_dim,) * 4, **head_kwargs)
+    return Segmentor(
+        frozen,
+        method,
+        decoder,
+        wavelengths=band_wavelengths,
+        depth_encoder=depth_encoder,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        value_scale=value_scale if value_scale is not None else sensor_scale,
+        depth_input=depth_input,
+    )

@@ -1,0 +1,231 @@
+"""The segmentor: frozen backbone + (frozen depth encoder) + trainable adapter + head.
+
+It owns the one loop of the product (DESIGN §2): embed, then for every frozen block run the block
+and let the adapter refine its output; collect the patch tokens at ``out_indices`` into a
+stride-4/8/16/32 pyramid; decode. Images enter in raw sensor units; the segmentor normalises them
+with the dataset statistics for the backbone and feeds the depth model the R, G, B bands picked by
+wavelength, stretched to [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spectralmoe.bands import as_wavelength_list, rgb_band_indices
+from spectralmoe.models.adapters.base import Adapter
+from spectralmoe.models.backbones.base import FrozenBackbone
+
+PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # stride 16 tokens → strides 4, 8, 16, 32
+DepthInput = Literal["percentile", "scale"]
+
+
+class Segmentor(nn.Module):
+    """Backbone, adapter, head (and depth encoder when the adapter needs depth).
+
+    Args:
+        backbone: frozen foundation model (FrozenBackbone contract).
+        adapter: the trainable method; ``Adapter()`` itself is the "Freeze" baseline.
+        head: decoder with ``forward(features, queries)``, ``loss``, ``logits``.
+        wavelengths: centre wavelengths (µm) of the input bands, in file order.
+        depth_encoder: frozen depth model, required when ``adapter.needs_depth``.
+        pixel_mean, pixel_std: per-band statistics in raw units (default 0 / 1).
+        value_scale: raw value of full brightness (255 for 8-bit), used by ``depth_input="scale"``.
+        depth_input: how the R, G, B bands are brought to [0, 1] for the depth model: ``"percentile"``
+            stretches each image's bands between their 2nd and 98th percentiles (robust across
+            sensors and bit depths); ``"scale"`` divides by ``value_scale``.
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        adapter: Adapter,
+        head: nn.Module,
+        wavelengths: Sequence[float],
+        depth_encoder: nn.Module | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
+        value_scale: float = 255.0,
+        depth_input: DepthInput = "percentile",
+    ) -> None:
+        super().__init__()
+        waves = as_wavelength_list(wavelengths)
+        num_bands = len(waves)
+        mean = [0.0] * num_bands if pixel_mean is None else [float(v) for v in pixel_mean]
+        std = [1.0] * num_bands if pixel_std is None else [float(v) for v in pixel_std]
+        if len(mean) != num_bands or len(std) != num_bands:
+            raise ValueError(f"{num_bands} bands but {len(mean)} means and {len(std)} stds")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"pixel_std must be positive, got {std}")
+        if adapter.needs_depth and depth_encoder is None:
+            raise ValueError(f"{type(adapter).__name__} needs depth tokens but no depth_encoder was given")
+        if depth_input not in ("percentile", "scale"):
+            raise ValueError(f"depth_input must be 'percentile' or 'scale', got {depth_input!r}")
+        self.backbone = backbone
+        self.adapter = adapter
+        self.head = head
+        self.depth_encoder = depth_encoder if adapter.needs_depth else None
+        self.value_scale = float(value_scale)
+        self.depth_input = depth_input
+        self.register_buffer("wavelengths", torch.tensor(waves, dtype=torch.float32), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.rgb_indices = rgb_band_indices(waves) if self.depth_encoder is not None else None
+        adapter.attach(backbone)
+
+    @property
+    def num_bands(self) -> int:
+        return int(self.wavelengths.numel())
+
+    # ------------------------------------------------------------------ inputs
+    def _check_image(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None) -> None:
+        if image.ndim != 4:
+            raise ValueError(f"image must be [B, C, H, W], got shape {tuple(image.shape)}")
+        expected = self.num_bands if wavelengths is None else len(as_wavelength_list(wavelengths))
+        if image.shape[1] != expected:
+            raise ValueError(
+                f"image has {image.shape[1]} bands (shape {tuple(image.shape)}) but the model expects {expected}"
+            )
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Raw sensor values → backbone input (dataset mean / std per band)."""
+        return (image - self.pixel_mean) / self.pixel_std
+
+    def depth_rgb(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+        """The R, G, B bands of a raw image (chosen by wavelength), in [0, 1], for the depth model."""
+        indices = self.rgb_indices if wavelengths is None else rgb_band_indices(wavelengths)
+        rgb = image[:, list(indices)].float()
+        if self.depth_input == "scale":
+            return (rgb / self.value_scale).clamp(0.0, 1.0)
+        sample = rgb[:, :, ::4, ::4].flatten(2)  # a strided sample keeps quantile cheap on big tiles
+        low = torch.quantile(sample, 0.02, dim=-1)[..., None, None]
+        high = torch.quantile(sample, 0.98, dim=-1)[..., None, None]
+        return ((rgb - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
+
+    # ---------------------------------------------------------------- features
+    def _trains_before_head(self) -> bool:
+        """True when the adapter (or a method living inside the backbone, like LoRA) has trainable weights."""
+        return any(p.requires_grad for p in self.adapter.parameters()) or any(
+            p.requires_grad for p in self.backbone.parameters()
+        )
+
+    def extract_features(
+        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Raw image → 4 feature maps (strides 4, 8, 16, 32) and the adapter's mean auxiliary loss."""
+        self._check_image(image, wavelengths)
+        depth_tokens = None
+        if self.depth_encoder is not None:
+            depth_tokens = self.depth_encoder(self.depth_rgb(image, wavelengths))
+        # With nothing trainable before the head (the Freeze baseline) no graph is needed at all.
+        grad_context = contextlib.nullcontext() if self._trains_before_head() else torch.no_grad()
+        out_indices = set(self.backbone.out_indices)
+        maps: list[torch.Tensor] = []
+        aux_losses: list[torch.Tensor] = []
+        with grad_context:
+            tokens, grid = self.backbone.embed(self.normalize(image), wavelengths)
+            self.adapter.set_grid(grid)
+            for layer in range(self.backbone.num_layers):
+                tokens = self.adapter.before_block(tokens, layer)
+                tokens = self.backbone.run_block(layer, tokens, grid)
+                layer_depth = depth_tokens[layer] if depth_tokens is not None else None
+                tokens, aux = self.adapter(tokens, layer=layer, depth_tokens=layer_depth)
+                aux_losses.append(aux)
+                if layer in out_indices:
+                    maps.append(self.backbone.tokens_to_map(tokens, grid))
+        features = [
+            F.interpolate(m, scale_factor=s, mode="bilinear", align_corners=False) if s != 1.0 else m
+            for m, s in zip(maps, PYRAMID_SCALES)
+        ]
+        return features, torch.stack(aux_losses).mean()
+
+    def forward(
+        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
+    ) -> tuple[object, torch.Tensor]:
+        """Head predictions and the adapter's auxiliary loss (mean over adapted layers)."""
+        features, aux_loss = self.extract_features(image, wavelengths)
+        queries = self.adapter.queries() if getattr(self.head, "uses_queries", False) else None
+        return self.head(features, queries=queries), aux_loss
+
+    def loss(
+        self, image: torch.Tensor, mask: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Training losses: the head's terms plus ``loss_aux`` (adapter balance loss); their sum is the objective."""
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match image shape {tuple(image.shape)}")
+        predictions, aux_loss = self(image, wavelengths)
+        losses = dict(self.head.loss(predictions, mask))
+        losses["loss_aux"] = aux_loss
+        return losses
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_logits(
+        self,
+        image: torch.Tensor,
+        wavelengths: torch.Tensor | Sequence[float] | None = None,
+        mode: Literal["whole", "slide"] = "whole",
+        crop: int = 512,
+        stride: int | None = None,
+        batch_size: int = 4,
+    ) -> torch.Tensor:
+        """Per-class scores ``[B, K, H, W]`` for a raw image of any size.
+
+        ``whole`` pads the image to a multiple of the patch size and runs it at once; ``slide`` runs
+        ``crop``-sized windows every ``stride`` pixels (default 2/3 of the crop) and averages the
+        scores where windows overlap.
+        """
+        self._check_image(image, wavelengths)
+        if mode == "whole":
+            return self._whole_logits(image, wavelengths)
+        if mode != "slide":
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        stride = stride or max(1, (2 * crop) // 3)
+        if not 0 < stride <= crop:
+            raise ValueError(f"stride must be in (0, crop={crop}], got {stride}")
+        height, width = image.shape[-2:]
+        tops = _window_starts(height, crop, stride)
+        lefts = _window_starts(width, crop, stride)
+        scores: torch.Tensor | None = None
+        counts = image.new_zeros(1, 1, height, width)
+        windows = [(t, l) for t in tops for l in lefts]
+        for b in range(image.shape[0]):
+            for start in range(0, len(windows), batch_size):
+                chunk = windows[start:start + batch_size]
+                crops = torch.cat([image[b:b + 1, :, t:t + crop, l:l + crop] for t, l in chunk])
+                logits = self._whole_logits(crops, wavelengths)
+                if scores is None:
+                    scores = image.new_zeros(image.shape[0], logits.shape[1], height, width)
+                for (t, l), window_logits in zip(chunk, logits):
+                    h, w = window_logits.shape[-2:]
+                    scores[b, :, t:t + h, l:l + w] += window_logits
+                    if b == 0:
+                        counts[0, 0, t:t + h, l:l + w] += 1
+        assert scores is not None
+        return scores / counts
+
+    def _whole_logits(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        patch = self.backbone.patch_size
+        pad_h, pad_w = (-height) % patch, (-width) % patch
+        if pad_h or pad_w:
+            # Pad with the band means so padding is zero after normalisation.
+            padded = self.pixel_mean.expand(image.shape[0], -1, height + pad_h, width + pad_w).clone()
+            padded[..., :height, :width] = image
+            image = padded
+        predictions, _ = self(image, wavelengths)
+        logits = self.head.logits(predictions, (height + pad_h, width + pad_w))
+        return logits[..., :height, :width]
+
+
+def _window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Window offsets covering ``length`` with the last window flush to the end."""
+    if length <= crop:
+        return [0]
+    count = math.ceil((length - crop) / stride) + 1
+    return sorted({min(i * stride, length - crop) for i in range(count)})
