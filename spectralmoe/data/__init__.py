@@ -1,0 +1,1 @@
+"""Data: prepared-benchmark layout, raw → tiles converters, datasets, transforms, DG tasks."""

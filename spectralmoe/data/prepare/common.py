@@ -1,0 +1,178 @@
+"""Machinery shared by every benchmark converter: the output folder guard, resumable tile writing,
+progress reporting, tiling with padding, and the final ``splits.json``.
+
+A converter (one module per benchmark) reads the raw layout and, for every output tile, calls
+``run.add_tile(...)`` with a function that produces the arrays only if the tile is not already on
+disk. ``run.finish(...)`` writes the index. Everything else (atomicity, skipping, refusing a
+foreign output folder) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from spectralmoe.bands import Sensor
+from spectralmoe.data.layout import (
+    IMAGE_DIR,
+    INDEX_FILE,
+    LABEL_DIR,
+    MARKER_FILE,
+    PreparedIndex,
+    Split,
+    TileRecord,
+    atomic_write_bytes,
+    write_image_tile,
+    write_label_tile,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileArrays:
+    """What a converter produces for one tile: image ``[C, H, W]``, label ``[H, W]`` uint8, georeference."""
+
+    image: np.ndarray
+    label: np.ndarray
+    crs: object = None
+    transform: object = None
+    nodata: float | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A tile window ``[top:top+height, left:left+width]`` of a raster, with its grid position."""
+
+    row: int
+    col: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def grid_windows(height: int, width: int, tile: int = 512) -> Iterator[Window]:
+    """Non-overlapping ``tile``×``tile`` windows covering the raster; edge windows are cut short
+    (pad them with ``pad_tile``), as the authors' FBP tiler does (ceil(W/512) × ceil(H/512))."""
+    for row, top in enumerate(range(0, height, tile)):
+        for col, left in enumerate(range(0, width, tile)):
+            yield Window(row, col, top, left, min(tile, height - top), min(tile, width - left))
+
+
+def pad_tile(array: np.ndarray, tile: int, value: float) -> np.ndarray:
+    """Pad the last two axes of ``array`` up to ``tile`` (bottom/right) with ``value``."""
+    pad_h, pad_w = tile - array.shape[-2], tile - array.shape[-1]
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"array of shape {array.shape} is larger than the tile size {tile}")
+    if not pad_h and not pad_w:
+        return array
+    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
+    return np.pad(array, widths, mode="constant", constant_values=value)
+
+
+def map_labels(raw: np.ndarray, lookup: np.ndarray, source: str) -> np.ndarray:
+    """Map raw label values through a 256-entry uint8 lookup table; values the table marks invalid
+    (-1) raise a ValueError naming ``source`` and the offending values."""
+    if raw.dtype != np.uint8:
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            raise ValueError(f"{source}: label values outside 0..255 (min {raw.min()}, max {raw.max()})")
+        raw = raw.astype(np.uint8)
+    mapped = lookup[raw]
+    if (mapped < 0).any():
+        bad = sorted(set(np.unique(raw[mapped < 0]).tolist()))
+        raise ValueError(f"{source}: label values {bad} are not in the class table")
+    return mapped.astype(np.uint8)
+
+
+class PrepareRun:
+    """One conversion into ``out``: guards the folder, writes tiles resumably, reports progress."""
+
+    def __init__(self, benchmark: str, out: str | os.PathLike[str], *, progress: bool = True) -> None:
+        self.benchmark = benchmark
+        self.out = Path(out)
+        self.progress = progress
+        self.records: list[TileRecord] = []
+        self.written = 0
+        self.skipped = 0
+        self._started = time.monotonic()
+        self._claim_output()
+
+    def _claim_output(self) -> None:
+        marker = self.out / MARKER_FILE
+        if self.out.exists() and any(self.out.iterdir()):
+            owner = marker.read_text().strip() if marker.is_file() else None
+            if owner != self.benchmark:
+                what = f"prepared for {owner!r}" if owner else "not a spectralmoe prepare output"
+                raise FileExistsError(
+                    f"{self.out}: output folder is not empty and is {what}; "
+                    f"refusing to write {self.benchmark!r} into it (choose an empty folder)"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, f"{self.benchmark}\n".encode())
+
+    def add_tile(
+        self,
+        relative: str,
+        make: Callable[[], TileArrays],
+        *,
+        split: Split,
+        domain: str,
+        sensor: str,
+        attributes: dict[str, str] | None = None,
+        band_names: Sequence[str] | None = None,
+    ) -> TileRecord:
+        """Register tile ``relative`` (no suffix, e.g. ``"D006_2020/Z10_UU/002993"``); call ``make``
+        only when its image or label is missing on disk."""
+        image_rel = f"{IMAGE_DIR}/{relative}.tif"
+        label_rel = f"{LABEL_DIR}/{relative}.png"
+        image_path, label_path = self.out / image_rel, self.out / label_rel
+        if image_path.is_file() and label_path.is_file():
+            self.skipped += 1
+        else:
+            arrays = make()
+            if arrays.image.shape[-2:] != arrays.label.shape:
+                raise ValueError(
+                    f"tile {relative}: image {arrays.image.shape} and label {arrays.label.shape} sizes differ"
+                )
+            write_image_tile(image_path, arrays.image, crs=arrays.crs, transform=arrays.transform,
+                             nodata=arrays.nodata, band_names=band_names)  # fmt: skip
+            write_label_tile(label_path, arrays.label)
+            self.written += 1
+        record = TileRecord(image_rel, label_rel, split, domain, sensor, dict(attributes or {}))
+        self.records.append(record)
+        self._report()
+        return record
+
+    def _report(self, final: bool = False) -> None:
+        done = self.written + self.skipped
+        if self.progress and (final or done % 50 == 0):
+            rate = done / max(time.monotonic() - self._started, 1e-9)
+            print(f"\r{self.benchmark}: {done} tiles ({self.written} written, {self.skipped} already there, "
+                  f"{rate:.1f}/s)", end="\n" if final else "", file=sys.stderr, flush=True)  # fmt: skip
+
+    def finish(
+        self,
+        *,
+        classes: Sequence[str],
+        palette: Sequence[tuple[int, int, int]],
+        sensors: dict[str, Sensor],
+        options: dict[str, object] | None = None,
+    ) -> PreparedIndex:
+        """Write ``splits.json`` for every tile registered in this run and return it."""
+        if not self.records:
+            raise ValueError(f"{self.benchmark}: no tiles were produced; check the raw folder")
+        index = PreparedIndex(self.benchmark, list(classes), [tuple(c) for c in palette], dict(sensors),
+                              list(self.records), dict(options or {}))  # fmt: skip
+        index.validate(str(self.out / INDEX_FILE))
+        index.save(self.out)
+        self._report(final=True)
+        logger.info("%s: %d tiles in %s", self.benchmark, len(self.records), self.out)
+        return index
