@@ -42,12 +42,21 @@ def _add_params_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="adapter_options", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter option, repeatable, e.g. --set num_experts=3 --set token_length=512")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--compare", action="store_true",
+                   help="one Markdown row per method of the paper: our count next to the paper's Params column")
     p.set_defaults(func=_run_params)
 
 
 def _run_params(args: argparse.Namespace) -> int:
-    from spectralmoe.models.accounting import build_on_meta, parameter_report
+    from spectralmoe.models.accounting import PAPER_PARAMS_M_VIT_L, build_on_meta, parameter_report
 
+    if args.compare:
+        print(f"| method | ours ({args.backbone}) | paper (ViT-L) |\n|---|---:|---:|")
+        for method, paper in PAPER_PARAMS_M_VIT_L.items():
+            model = build_on_meta(backbone=args.backbone, adapter=method, head=args.head, depth=args.depth,
+                                  num_classes=args.num_classes, sensor=args.sensor)  # fmt: skip
+            print(f"| {method} | {parameter_report(model)['method_trainable']:,} | {paper:.2f} M |")
+        return 0
     model = build_on_meta(
         backbone=args.backbone,
         adapter=args.adapter,

@@ -17,6 +17,13 @@ from torch import nn
 from spectralmoe.models.segmentor import Segmentor
 
 
+#: The paper's Params column (millions) at ViT-L, for ``spectralmoe params --compare``.
+PAPER_PARAMS_M_VIT_L: dict[str, float] = {
+    "freeze": 0.0, "lora": 0.79, "adaptformer": 3.22, "vpt": 3.69, "set": 6.13, "fada": 11.65,
+    "rein": 2.99, "depthforge": 2.99, "spectralmoe": 5.74,
+}  # fmt: skip
+
+
 def count(module: nn.Module | None, trainable: bool | None = None) -> int:
     """Number of parameters of ``module`` (all, only trainable, or only frozen)."""
     if module is None:

@@ -152,3 +152,54 @@ def test_adapter_queries_drive_mask2former():
     terms = model.loss(image, mask)
     sum(terms.values()).backward()
     assert model.adapter.query_link.merge.weight.grad is not None
+
+
+METHODS = ["freeze", "lora", "adaptformer", "vpt", "rein", "depthforge", "set", "fada", "spectralmoe"]
+
+
+@pytest.mark.parametrize("head", ["mask2former", "fpn"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_one_step_with_both_heads(method, head):
+    options = {"num_prompts": 4} if method == "vpt" else {}
+    model = tiny_model(adapter=method, head=head, **options)
+    head_params = {id(p) for p in model.head.parameters()}
+    method_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_params]
+    assert (len(method_params) == 0) == (method == "freeze")
+    before = [p.detach().clone() for p in method_params]
+    frozen_before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "lora_" not in k}
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    image, mask = fixed_batch()
+    terms = model.loss(image, mask)
+    total = sum(terms.values())
+    assert torch.isfinite(total)
+    total.backward()
+    optimiser.step()
+    if method != "freeze":
+        assert any(not torch.equal(b, p) for b, p in zip(before, method_params)), "method weights did not move"
+    for key, value in model.backbone.state_dict().items():
+        if key in frozen_before:
+            assert torch.equal(value, frozen_before[key]), key
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    image, mask = fixed_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(adapter="rein", head="fpn")
+        model.backbone.gradient_checkpointing = checkpointing
+        sum(model.loss(image, mask).values()).backward()
+        grads.append({n: p.grad for n, p in model.adapter.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "scale" in grads[0]
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
+def test_bf16_autocast_forward_and_backward():
+    model = tiny_model()
+    image, mask = fixed_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = model.loss(image, mask)
+    total = sum(terms.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.adapter.scale.grad is not None
