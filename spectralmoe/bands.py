@@ -57,6 +57,12 @@ class Sensor:
 
 
 _NAN = float("nan")
+
+
+def wavelength_distance(a: float, b: float) -> float:
+    """|a − b| rounded to 1 pm, so that float32 and float64 copies of a wavelength list pick the same
+    band when two bands are equally near (OHS: 0.480 and 0.500 µm around blue's 0.490 µm)."""
+    return round(abs(a - b), 6)
 _OHS_WAVELENGTHS = (
     0.466, 0.480, 0.500, 0.520, 0.536, 0.550, 0.566, 0.580, 0.596, 0.610, 0.626, 0.640, 0.656, 0.670, 0.686,
     0.700, 0.716, 0.730, 0.746, 0.760, 0.776, 0.790, 0.806, 0.820, 0.836, 0.850, 0.866, 0.880, 0.896, 0.910,
@@ -132,7 +138,7 @@ def rgb_band_indices(
         raise ValueError(f"no spectral band{where}: wavelengths {waves}")
     picked = []
     for colour, target in zip(("red", "green", "blue"), RGB_TARGETS_UM):
-        index, wave = min(spectral, key=lambda iw: abs(iw[1] - target))
+        index, wave = min(spectral, key=lambda iw: (wavelength_distance(iw[1], target), iw[0]))
         if abs(wave - target) > tolerance_um:
             raise ValueError(
                 f"no {colour} band{where}: the nearest band to {target:.3f} µm is band {index} at {wave:.3f} µm, "

@@ -52,3 +52,8 @@ def test_sensor_validation_and_unknown_name():
     with pytest.raises(KeyError, match="unknown sensor 'nope'"):
         get_sensor("nope")
     assert "gf2" in SENSORS
+
+
+def test_equally_near_bands_pick_the_same_band_in_float32_and_float64():
+    ohs = get_sensor("ohs")
+    assert rgb_band_indices(ohs.wavelengths_um) == rgb_band_indices(ohs.wavelength_tensor()) == (13, 6, 1)

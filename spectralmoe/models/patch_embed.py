@@ -23,7 +23,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from spectralmoe.bands import RGB_TARGETS_UM, as_wavelength_list
+from spectralmoe.bands import RGB_TARGETS_UM, as_wavelength_list, wavelength_distance
 
 
 def resize_patch_kernel(
@@ -68,11 +68,12 @@ def band_colour_assignment(
         raise ValueError(f"cannot adapt an RGB kernel: no band has a wavelength ({waves})")
     groups: list[list[int]] = [[] for _ in colour_wavelengths]
     for i in spectral:
-        nearest = min(range(len(colour_wavelengths)), key=lambda c: abs(waves[i] - colour_wavelengths[c]))
+        nearest = min(range(len(colour_wavelengths)),
+                      key=lambda c: (wavelength_distance(waves[i], colour_wavelengths[c]), c))  # fmt: skip
         groups[nearest].append(i)
     for c, target in enumerate(colour_wavelengths):
         if not groups[c]:
-            groups[c].append(min(spectral, key=lambda i: abs(waves[i] - target)))
+            groups[c].append(min(spectral, key=lambda i: (wavelength_distance(waves[i], target), i)))
     return groups
 
 
