@@ -195,6 +195,8 @@ def write_image_tile(
     profile = {
         "driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": array.shape[0],
         "dtype": array.dtype.name, "compress": "deflate", "interleave": "band",
+        # Bands are spectral bands in file order, not RGB(A): say so, so no reader converts colours.
+        "photometric": "minisblack",
     }  # fmt: skip
     if crs is not None:
         profile["crs"] = crs
