@@ -1,0 +1,447 @@
+"""The Lightning DataModule of a DG task: one source training loader, one loader per target domain.
+
+``DGDataModule(root, task)`` reads a prepared benchmark root (``spectralmoe prepare``) and a
+``DGTask`` (``benchmarks.py``): it trains on the tiles of split ``"source"`` with the task's
+augmentation pipeline, and validates/tests on the tiles of split ``"target"`` split into named
+target domains (``task.target_group_by``), whole tiles, one ``DataLoader`` per domain, so metrics
+are reported per domain (the order of the loaders is ``target_domains``).
+
+Reproducibility: the training sampler draws its permutation from (seed, epoch) and hands each
+dataset item its epoch; the item's transforms run on a generator seeded by
+``sample_seed(seed, epoch, index)``. The augmented batch stream therefore depends only on the seed
+and the epoch — not on the number of workers or on which worker loads which item. Lightning calls
+``set_epoch`` on the sampler; used on its own, the sampler counts epochs itself (each ``iter``
+is one epoch). Worker processes also get numpy / ``random`` / torch seeded from the loader's
+seeded generator (``seed_worker``) for any third-party randomness.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from spectralmoe.bands import SENSORS
+from spectralmoe.data.benchmarks import DGTask, load_task
+from spectralmoe.data.datasets.prepared import PreparedDataset
+from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex, TileRecord
+from spectralmoe.data.transforms import (
+    Sample,
+    build_eval_transforms,
+    build_train_transforms,
+    pad_sample,
+    sample_seed,
+)
+
+__all__ = [
+    "DGDataModule",
+    "EpochSeededSampler",
+    "SeededTransformDataset",
+    "TargetGroupDataset",
+    "SegCollate",
+    "seed_worker",
+    "group_target_records",
+]
+
+
+def group_target_records(records: Sequence[TileRecord], group_by: str) -> dict[str, list[int]]:
+    """Positions of ``records`` per target group, groups sorted by name.
+
+    ``group_by`` is ``"domain"`` (the tile's domain), ``"sensor"`` (the tile's sensor, unless an
+    attribute ``sensor`` says otherwise), ``"all"`` (one group named ``"target"``) or any attribute
+    key; a tile without that attribute falls back to its domain (e.g. FBP regions known only for
+    some scenes).
+    """
+    groups: dict[str, list[int]] = {}
+    for position, record in enumerate(records):
+        if group_by == "all":
+            name = "target"
+        elif group_by == "domain":
+            name = record.domain
+        elif group_by == "sensor":
+            name = record.attributes.get("sensor") or record.sensor
+        else:
+            name = record.attributes.get(group_by) or record.domain
+        groups.setdefault(str(name), []).append(position)
+    return {name: groups[name] for name in sorted(groups)}
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, epoch)`` keys in an order drawn from (seed, epoch): shuffled or sequential.
+
+    Args:
+        length: number of items.
+        seed: base seed.
+        shuffle: random permutation per epoch (else 0..length-1).
+    """
+
+    def __init__(self, length: int, seed: int = 42, shuffle: bool = True) -> None:
+        self.length = int(length)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next iteration (Lightning calls this before every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, 0, stream=1))
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        return iter([(index, epoch) for index in order])
+
+
+class SeededTransformDataset(Dataset):
+    """Applies ``transform(sample, generator)`` with a generator seeded per (seed, epoch, index).
+
+    Items are addressed by ``(index, epoch)`` (from ``EpochSeededSampler``) or a plain ``index``
+    (epoch 0).
+
+    Args:
+        dataset: the dataset of raw samples.
+        transform: ``(sample, generator) -> sample`` or ``None``.
+        seed: base seed.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[..., Sample] | None, seed: int = 42) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        sample = self.dataset[index]
+        if self.transform is None:
+            return sample
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        return self.transform(sample, generator)
+
+
+class TargetGroupDataset(Dataset):
+    """The tiles of one target group (positions into a target dataset), tagged with ``group``,
+    with a deterministic evaluation transform.
+
+    Args:
+        dataset: the target dataset.
+        positions: the items of this group.
+        group: the group's name (stored in each sample as ``group``).
+        transform: evaluation transform or ``None``.
+    """
+
+    def __init__(
+        self, dataset: Dataset, positions: Sequence[int], group: str, transform: Callable[..., Sample] | None = None
+    ) -> None:
+        self.dataset = dataset
+        self.positions = list(positions)
+        self.group = group
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = dict(self.dataset[self.positions[i]])
+        sample["group"] = self.group
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class SegCollate:
+    """Batch sample dicts: ``image`` [B,C,H,W], ``mask`` [B,H,W], ``wavelengths`` [B,C] stacked;
+    every other key (``domain``, ``group``, ``path``, ``sensor``…) kept as a list.
+
+    Whole tiles of one batch normally share one size (the authors' rule, DATA §0.1). When they do
+    not, every sample is padded at the bottom/right to the largest height and width of the batch —
+    image with ``pad_value``, mask with ``ignore_index`` — so the padding never counts; the
+    original sizes are kept in ``batch["size"]`` (list of (h, w)).
+
+    Args:
+        pad_value: image padding value, one number or one per band (raw units).
+        ignore_index: mask padding value.
+    """
+
+    def __init__(self, pad_value: float | Sequence[float] = 0.0, ignore_index: int = IGNORE_INDEX) -> None:
+        self.pad_value = pad_value if isinstance(pad_value, (int, float)) else tuple(float(v) for v in pad_value)
+        self.ignore_index = int(ignore_index)
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("SegCollate: empty batch")
+        channels = {s["image"].shape[0] for s in samples}
+        if len(channels) > 1:
+            detail = ", ".join(f"{s.get('path')}: {s['image'].shape[0]}" for s in samples)
+            raise ValueError(f"SegCollate: images of one batch have different band counts ({detail})")
+        sizes = [tuple(int(v) for v in s["image"].shape[-2:]) for s in samples]
+        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        if any(size != (height, width) for size in sizes):
+            samples = [pad_sample(s, height, width, self.pad_value, self.ignore_index) for s in samples]
+        batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
+        has_mask = ["mask" in s for s in samples]
+        if any(has_mask):
+            if not all(has_mask):
+                raise ValueError("SegCollate: some samples of the batch have a mask and some do not")
+            batch["mask"] = torch.stack([s["mask"] for s in samples])
+        if all("wavelengths" in s for s in samples):
+            batch["wavelengths"] = torch.stack([torch.as_tensor(s["wavelengths"]) for s in samples])
+        batch["size"] = sizes
+        for key in samples[0]:
+            if key not in batch:
+                batch[key] = [s.get(key) for s in samples]
+        return batch
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed ``random``, numpy and torch of a loader worker from torch's worker
+    seed, which the DataLoader derives from its seeded ``generator`` plus ``worker_id`` — so
+    workers differ from each other and from epoch to epoch, and everything follows the base seed.
+    (Recent torch versions seed ``random`` and numpy themselves; doing it here keeps the rule
+    explicit and makes numpy's stream equal to ``RandomState(torch.initial_seed() % 2**32)``.)"""
+    seed = torch.initial_seed()  # = base seed drawn from the loader's generator + worker_id
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class DGDataModule(L.LightningDataModule):
+    """Source training data and per-target-domain evaluation data of a DG task.
+
+    Attributes available after construction (the prepared index is read lazily):
+    ``task``, ``num_classes``, ``classes``, ``palette``, ``wavelengths`` (of the first source
+    sensor, float32 ``[C]``), ``pixel_mean``/``pixel_std`` (raw units, file band order),
+    ``value_scale``, ``target_domains`` (sorted group names = order of the val/test loaders).
+
+    Args:
+        root: prepared benchmark folder (contains ``splits.json``).
+        task: a built-in task name (``DG_TASKS``), a YAML task file, or a ``DGTask``.
+        batch_size: training batch per device (default: the task's).
+        eval_batch_size: validation/test/predict batch (default: the task's).
+        num_workers: loader worker processes.
+        seed: base seed of shuffling, augmentation and worker RNGs.
+        train_transforms: replaces the task's pipeline; called as ``f(sample, generator)``.
+        pin_memory: pin batches in page-locked memory (CUDA training).
+        stats: ``"published"`` = the printed mean/std lists applied in our file (R,G,B) order
+            (default: our images are never BGR, so the standard statistics fit them);
+            ``"authors"`` = per-band values as the authors' cv2-BGR pipeline applied them (the
+            printed lists reversed for LoveDA / Potsdam / OEM, DATA §8.1) — only meaningful for
+            comparisons with their normalisation, since our band order stays R,G,B either way.
+        eval_size_divisor: pad evaluation tiles to a multiple of this (``None``: whole tiles as
+            stored, like the authors).
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        task: str | DGTask,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        seed: int = 42,
+        train_transforms: Callable[..., Sample] | None = None,
+        pin_memory: bool = False,
+        stats: Literal["authors", "published"] = "published",
+        eval_size_divisor: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.task: DGTask = load_task(task)
+        self.batch_size = int(batch_size) if batch_size is not None else self.task.batch_size
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else self.task.eval_batch_size
+        if self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ValueError(f"batch sizes must be positive, got {self.batch_size} and {self.eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.pin_memory = pin_memory
+        self.stats = stats
+        mean, std = self.task.stats(stats)
+        self.pixel_mean: tuple[float, ...] = tuple(mean)
+        self.pixel_std: tuple[float, ...] = tuple(std)
+        self.eval_size_divisor = eval_size_divisor
+        self.drop_last = drop_last
+        self.train_transforms = (
+            train_transforms if train_transforms is not None else build_train_transforms(self.task, self.pixel_mean)
+        )
+        self.eval_transforms = build_eval_transforms(eval_size_divisor, self.pixel_mean)
+        self._index: PreparedIndex | None = None
+        self.train_dataset: SeededTransformDataset | None = None
+        self.target_datasets: dict[str, TargetGroupDataset] = {}
+        self.train_sampler: EpochSeededSampler | None = None
+
+    # ----------------------------------------------------------------------------- task facts
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.classes)
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.task.palette]  # type: ignore[misc]
+
+    @property
+    def value_scale(self) -> float:
+        return self.task.value_scale
+
+    @property
+    def index(self) -> PreparedIndex:
+        """The prepared root's ``splits.json`` (read once)."""
+        if self._index is None:
+            self._index = PreparedIndex.load(self.root)
+        return self._index
+
+    @property
+    def wavelengths(self) -> torch.Tensor:
+        """Centre wavelengths (µm, float32 ``[C]``) of the first source sensor — the band layout the
+        model is built for; the prepared root's record wins over the built-in sensor table."""
+        name = self.task.source_sensors[0]
+        sensor = self.index.sensors.get(name) if self.root.joinpath("splits.json").is_file() else None
+        sensor = sensor or SENSORS.get(name)
+        if sensor is None:
+            raise KeyError(f"task {self.task.name!r}: source sensor {name!r} is neither in {self.root} nor built in")
+        return sensor.wavelength_tensor()
+
+    @property
+    def target_domains(self) -> list[str]:
+        """Names of the target groups, sorted: the order of the val/test loaders."""
+        if self.target_datasets:
+            return list(self.target_datasets)
+        return list(group_target_records(self._target_records(), self.task.target_group_by))
+
+    def _target_records(self) -> list[TileRecord]:
+        domains = self.task.target_domains
+        return self.index.select("target", None if domains is None else list(domains))
+
+    # ------------------------------------------------------------------------------- checks
+    def _check_index(self) -> None:
+        index, task, where = self.index, self.task, self.root / "splits.json"
+        if index.benchmark != task.benchmark:
+            raise ValueError(
+                f"{where}: prepared benchmark is {index.benchmark!r} but task {task.name!r} needs {task.benchmark!r}"
+            )
+        if len(index.classes) != task.num_classes:
+            raise ValueError(
+                f"{where}: {len(index.classes)} classes {index.classes} but task {task.name!r} has "
+                f"{task.num_classes} {list(task.classes)}"
+            )
+        source = index.select("source", None if task.source_domains is None else list(task.source_domains))
+        if not source:
+            raise ValueError(
+                f"{where}: no source tiles for task {task.name!r} (source_domains={task.source_domains}; "
+                f"source domains present: {index.domains('source')})"
+            )
+        foreign = sorted({t.sensor for t in source} - set(task.source_sensors))
+        if foreign:
+            raise ValueError(
+                f"{where}: source tiles of sensor(s) {foreign} but task {task.name!r} declares source_sensors "
+                f"{list(task.source_sensors)}"
+            )
+        if not self._target_records():
+            raise ValueError(
+                f"{where}: no target tiles for task {task.name!r} (target_domains={task.target_domains}; "
+                f"target domains present: {index.domains('target')})"
+            )
+        for name in sorted({t.sensor for t in index.tiles}):
+            bands = index.sensors[name].num_bands
+            if bands != len(self.pixel_mean):
+                raise ValueError(
+                    f"{where}: sensor {name!r} has {bands} bands {list(index.sensors[name].band_names)} but task "
+                    f"{task.name!r} normalises {len(self.pixel_mean)} bands (field 'mean')"
+                )
+
+    # -------------------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Build the source training dataset and one evaluation dataset per target group."""
+        self._check_index()
+        task = self.task
+        if self.train_dataset is None:
+            source = PreparedDataset(
+                self.root, split="source", domains=None if task.source_domains is None else list(task.source_domains)
+            )
+            self.train_dataset = SeededTransformDataset(source, self.train_transforms, self.seed)
+        if not self.target_datasets:
+            target = PreparedDataset(
+                self.root, split="target", domains=None if task.target_domains is None else list(task.target_domains)
+            )
+            groups = group_target_records(target.records, task.target_group_by)
+            self.target_datasets = {
+                name: TargetGroupDataset(target, positions, name, self.eval_transforms)
+                for name, positions in groups.items()
+            }
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None or not self.target_datasets:
+            self.setup()
+
+    def _collate(self) -> SegCollate:
+        return SegCollate(pad_value=self.pixel_mean, ignore_index=IGNORE_INDEX)
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+            pin_memory=self.pin_memory,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled source tiles with the task's augmentation; incomplete last batch dropped."""
+        self._require_setup()
+        assert self.train_dataset is not None
+        if len(self.train_dataset) < self.batch_size and self.drop_last:
+            raise ValueError(
+                f"{self.root}: {len(self.train_dataset)} source tiles, fewer than one batch of {self.batch_size} "
+                "(drop_last=True would give no batch)"
+            )
+        self.train_sampler = EpochSeededSampler(len(self.train_dataset), self.seed, shuffle=True)
+        return self._loader(self.train_dataset, self.batch_size, sampler=self.train_sampler, drop_last=self.drop_last)
+
+    def _eval_loaders(self) -> list[DataLoader]:
+        self._require_setup()
+        return [self._loader(ds, self.eval_batch_size, shuffle=False) for ds in self.target_datasets.values()]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader of whole target tiles per target domain, in ``target_domains`` order."""
+        return self._eval_loaders()
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """Same as ``val_dataloader`` (the target set is both, as in the authors' configs)."""
+        return self._eval_loaders()
+
+    def predict_dataloader(self) -> DataLoader:
+        """All target tiles, group after group (each sample carries ``group``, ``domain``, ``path``)."""
+        self._require_setup()
+        return self._loader(ConcatDataset(list(self.target_datasets.values())), self.eval_batch_size, shuffle=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, task={self.task.name!r}, batch_size={self.batch_size}, "
+            f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, seed={self.seed})"
+        )
