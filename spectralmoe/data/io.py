@@ -32,6 +32,7 @@ __all__ = [
     "read_colour_label",
     "colours_to_index",
     "read_image",
+    "raster_shape",
     "PILLOW_SUFFIXES",
     "RASTERIO_SUFFIXES",
 ]
@@ -392,3 +393,32 @@ def read_image(path: PathLike) -> RasterData:
         array = array.astype(np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return RasterData(array=np.ascontiguousarray(array), crs=None, transform=None, nodata=None, path=str(path))
+
+
+def raster_shape(path: PathLike, *, where: str | None = None) -> tuple[int, int, int, str]:
+    """``(bands, height, width, dtype)`` of a raster from its header alone (no pixel is read).
+
+    Converters plan their tiles (and skip finished scenes) before reading pixels, so they need
+    the size of a scene that may be several GB, or a member of a zip archive: pass a
+    ``/vsizip/<archive>/<member>`` string to probe a member in place, nothing extracted (keep it a
+    ``str``: ``Path`` would collapse the ``//`` of an absolute archive path). ``where`` names the
+    file in errors (default: ``path``), e.g. ``archive.zip!member``.
+
+    Raises:
+        MissingFileError: a plain path that does not exist.
+        RasterReadError: GDAL cannot open it (the message names ``where``).
+    """
+    rasterio, errors = _rasterio_modules()
+
+    text = os.fspath(path)
+    where = where or text
+    if not text.startswith("/vsi"):
+        if not Path(text).is_file():
+            raise MissingFileError(f"{where}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", errors.NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(text) as src:
+                return int(src.count), int(src.height), int(src.width), str(src.dtypes[0])
+    except (errors.RasterioError, OSError) as error:
+        raise RasterReadError(f"{where}: unreadable raster ({error})") from error

@@ -17,6 +17,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from spectralmoe.data.layout import INDEX_FILE, MARKER_FILE, PreparedIndex
 from spectralmoe.data.prepare import fbp, flair, whu_ohs
+from spectralmoe.data.prepare.raw import WORK_DIR
 from tests.data import fakes_ohs_fbp_flair as fakes
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -426,7 +427,7 @@ def test_flair_zips_give_the_same_tiles_and_options(flair_raw: Path, flair_zips:
             np.testing.assert_array_equal(read_png(other), read_png(folder / rel))
         else:
             np.testing.assert_array_equal(read_tif(other)[0], read_tif(folder / rel)[0])
-    assert not (zipped / flair.WORK_DIR).exists()  # per-member extraction cleaned up
+    assert not (zipped / WORK_DIR).exists()  # per-member extraction cleaned up
 
     index = flair.prepare(flair_zips, tmp_path / "b", progress=False, other_classes="other", keep_elevation=True)
     assert index.classes == flair.CLASSES + ["other"] and len(index.palette) == 13
@@ -436,6 +437,14 @@ def test_flair_zips_give_the_same_tiles_and_options(flair_raw: Path, flair_zips:
     assert {t.sensor for t in index.tiles} == {"flair-elevation"}
     label = read_png(tmp_path / "b" / index.tiles[0].label)
     np.testing.assert_array_equal(label, remap(fakes.flair_raw_label(), {**FLAIR_A, **{v: 12 for v in range(13, 20)}}))
+
+
+def test_flair_rerun_with_other_options_is_refused(flair_zips: Path, tmp_path: Path) -> None:
+    flair.prepare(flair_zips, tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="keep_elevation: was False, now True"):
+        flair.prepare(flair_zips, tmp_path / "out", progress=False, keep_elevation=True)
+    with pytest.raises(ValueError, match="other_classes: was 'ignore', now 'other'"):
+        flair.prepare(flair_zips, tmp_path / "out", progress=False, other_classes="other")
 
 
 def _flair_bad(root: Path, problem: str) -> tuple[str, type[Exception], str]:

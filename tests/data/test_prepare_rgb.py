@@ -3,7 +3,6 @@ of their raw downloads (tests/data/fakes_rgb.py; DATA.md §5.6, §6.6, §7.6).""
 
 from __future__ import annotations
 
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -14,12 +13,11 @@ import rasterio
 from PIL import Image
 
 from spectralmoe.data.layout import PreparedIndex
-from spectralmoe.data.prepare import common
-from spectralmoe.data.prepare import loveda, openearthmap, potsdam_vaihingen
+from spectralmoe.data.prepare import common, loveda, openearthmap, potsdam_vaihingen
+from spectralmoe.data.prepare.common import TILE_OPTIONS_FILE
 from spectralmoe.data.prepare.potsdam_vaihingen import clip_windows
+from spectralmoe.data.prepare.raw import WORK_DIR
 from tests.data import fakes_rgb as fakes
-
-MODULES = (loveda, potsdam_vaihingen, openearthmap)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -53,19 +51,6 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return written
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.BENCHMARK)
-def test_public_api_matches_options(module) -> None:  # type: ignore[no-untyped-def]
-    """OPTIONS (for the CLI) lists exactly prepare()'s keyword options, with the same defaults."""
-    params = inspect.signature(module.prepare).parameters
-    keywords = {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    keywords.pop("progress")
-    assert {n: d for n, (_, d, _) in module.OPTIONS.items()} == keywords
-    for name, (kind, default, help_text) in module.OPTIONS.items():
-        assert (default is None or isinstance(default, kind)) and help_text, name
-    assert len(module.CLASSES) == len(module.PALETTE)
-    assert module.BENCHMARK in ("loveda", "potsdam-vaihingen", "openearthmap")
-
-
 # ============================================================================================ LoveDA
 @pytest.fixture(scope="module")
 def loveda_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
@@ -92,7 +77,7 @@ def test_loveda_tiles_splits_and_domains(loveda_run) -> None:  # type: ignore[no
     saved = json.loads((out / "splits.json").read_text())
     assert saved["benchmark"] == "loveda" and saved["classes"] == loveda.CLASSES
     assert saved["options"]["source_tiling"] == "quarters" and saved["options"]["target_splits"] == "Val"
-    assert not (out / loveda.WORK_DIR).exists()  # extraction folder cleaned up
+    assert not (out / WORK_DIR).exists()  # extraction folder cleaned up
 
 
 def test_loveda_pixels_band_order_and_labels(loveda_run) -> None:  # type: ignore[no-untyped-def]
@@ -141,6 +126,10 @@ def test_loveda_unzipped_whole_target_and_options(tmp_path: Path) -> None:
     np.testing.assert_array_equal(image, truth[("Val", "Urban", 4)].image)
     np.testing.assert_array_equal(label, truth[("Val", "Urban", 4)].label)
     assert "quarter" not in by_image(index)["image/urban/Val/4.tif"].attributes
+    # No LoveDA option changes a tile file (tiling shows in the names): resuming with other ones is fine.
+    again = loveda.prepare(raw, tmp_path / "out", progress=False, source_splits="Train")
+    assert {t.image for t in again.select("target")} == {f"image/urban/Val/{s}_q{q}.tif" for s in (4, 5) for q in range(4)}
+    assert json.loads((tmp_path / "out" / TILE_OPTIONS_FILE).read_text()) == {"benchmark": "loveda", "options": {}}
     with pytest.raises(ValueError, match="source_tiling='thirds'"):
         loveda.prepare(raw, tmp_path / "o2", progress=False, source_tiling="thirds")
     with pytest.raises(ValueError, match="both source and target"):
@@ -360,6 +349,23 @@ def test_p2v_wrong_band_count(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").rglob("*.tif"))
 
 
+def test_p2v_resume_with_other_tile_options_is_refused(tmp_path: Path, writes: list[str]) -> None:
+    """Product and label sets change what a tile file holds (same names): a resume must repeat them."""
+    raw = _bad_p2v(tmp_path)
+    out, selection = tmp_path / "out", dict(potsdam_tiles="2_10,5_15", vaihingen_areas="1,6")
+    first = potsdam_vaihingen.prepare(raw, out, progress=False, **selection)
+    written = len(writes)
+    for option, value in (("potsdam_labels", "all"), ("potsdam_product", "rgbir"), ("vaihingen_labels", "full")):
+        with pytest.raises(ValueError, match=rf"other options \({option}: was '\w+', now '{value}'\)"):
+            potsdam_vaihingen.prepare(raw, out, progress=False, **selection, **{option: value})
+    assert len(writes) == written and PreparedIndex.load(out).tiles == first.tiles  # nothing touched
+    # Scene selection and tile size only decide which files exist: a resume may change them.
+    again = potsdam_vaihingen.prepare(raw, out, progress=False, potsdam_tiles="5_15", vaihingen_areas="1,6")
+    assert len(writes) == written and {t.attributes["scene"] for t in again.select("source")} == {"5_15"}
+    potsdam_vaihingen.prepare(raw, out, progress=False, tile_size=256, **selection)
+    assert len(writes) > written
+
+
 def test_p2v_label_archive_missing(tmp_path: Path) -> None:
     raw = _bad_p2v(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no potsdam labels found \(expected 5_Labels_all\.zip"):
@@ -450,10 +456,11 @@ def test_oem_unzipped_lists_dir_xbd_images_and_continents(tmp_path: Path) -> Non
     image, _, label = read_tile(tmp_path / "out", "image/houston/houston_1.tif")
     np.testing.assert_array_equal(image, truth["houston_1.tif"].image)
     np.testing.assert_array_equal(label, truth["houston_1.tif"].label)
-    index = openearthmap.prepare(raw, tmp_path / "out2", progress=False, lists_dir=str(lists),
-                                 xbd_images=str(compiled), continents=str(table),
+    index = openearthmap.prepare(raw, tmp_path / "out2", progress=False, lists_dir=lists,  # Path options (CLI)
+                                 xbd_images=compiled, continents=table,
                                  ambiguous_continent="South America", target_continents="South America,Asia")  # fmt: skip
     assert {t.attributes["region"] for t in index.select("target")} == {"lima", "tokyo"}
+    assert PreparedIndex.load(tmp_path / "out2").options["lists_dir"] == str(lists)
     table.write_text("region\tcontinent\naachen\tEurope\n")
     with pytest.raises(ValueError, match=r"region 'accra' is not in the region→continent table"):
         openearthmap.prepare(raw, tmp_path / "out3", progress=False, lists_dir=str(lists), continents=str(table))
@@ -496,6 +503,20 @@ def test_oem_label_outside_class_table_and_size_and_bands(tmp_path: Path) -> Non
     fakes.write_tiff(raw / OEM_BASE / "accra/images/accra_1.tif", np.zeros((1, 64, 64), np.uint8))
     with pytest.raises(ValueError, match=r"accra/images/accra_1\.tif: 1 band\(s\).*expected 3"):
         openearthmap.prepare(raw, tmp_path / "o3", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:openearthmap. skipped 1 xBD")
+def test_oem_resume_with_other_tile_size_is_refused(tmp_path: Path, writes: list[str]) -> None:
+    """``<stem>_<row>_<col>`` names the same file for every tile size: a resume must keep the size."""
+    raw, out = _bad_oem(tmp_path), tmp_path / "out"
+    openearthmap.prepare(raw, out, progress=False, tile_size=32)
+    written = len(writes)
+    with pytest.raises(ValueError, match=r"other options \(tile_size: was 32, now 16\)"):
+        openearthmap.prepare(raw, out, progress=False, tile_size=16)
+    with pytest.raises(ValueError, match=r"tile_size: was 32, now 0"):
+        openearthmap.prepare(raw, out, progress=False)
+    index = openearthmap.prepare(raw, out, progress=False, tile_size=32, target_continents="Asia")  # re-index only
+    assert len(writes) == written and index.domains("target") == ["asia"]
 
 
 def test_oem_missing_non_xbd_image(tmp_path: Path) -> None:

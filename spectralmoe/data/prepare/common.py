@@ -1,26 +1,29 @@
 """Machinery shared by every benchmark converter: the output folder guard, resumable tile writing,
-progress reporting, tiling with padding, and the final ``splits.json``.
+progress reporting, tiling with padding, label tables, option parsing and the final ``splits.json``.
 
 A converter (one module per benchmark) reads the raw layout and, for every output tile, calls
 ``run.add_tile(...)`` with a function that produces the arrays only if the tile is not already on
 disk. ``run.finish(...)`` writes the index. Everything else (atomicity, skipping, refusing a
-foreign output folder) lives here.
+foreign output folder or a resume with other tile-changing options) lives here. Reading raw zips
+or folders is ``raw.py``; split-list files are ``lists.py``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from spectralmoe.bands import Sensor
 from spectralmoe.data.layout import (
+    IGNORE_INDEX,
     IMAGE_DIR,
     INDEX_FILE,
     LABEL_DIR,
@@ -34,6 +37,9 @@ from spectralmoe.data.layout import (
 )
 
 logger = logging.getLogger(__name__)
+
+TILE_OPTIONS_FILE = ".spectralmoe-tile-options.json"
+"""Record, in the output folder, of the options that decided the tiles' content (see ``PrepareRun``)."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,57 @@ def map_labels(raw: np.ndarray, lookup: np.ndarray, source: str) -> np.ndarray:
     return mapped.astype(np.uint8)
 
 
-class PrepareRun:
-    """One conversion into ``out``: guards the folder, writes tiles resumably, reports progress."""
+def index_lookup(num_classes: int) -> np.ndarray:
+    """256-entry table for ``map_labels``: 0 → 255, v → v−1 for v in 1..K, everything else invalid (−1).
 
-    def __init__(self, benchmark: str, out: str | os.PathLike[str], *, progress: bool = True) -> None:
+    The usual ``reduce_zero_label`` of index masks whose 0 means "no data"."""
+    lookup = np.full(256, -1, dtype=np.int16)
+    lookup[0] = IGNORE_INDEX
+    lookup[1 : num_classes + 1] = np.arange(num_classes)
+    return lookup
+
+
+# ------------------------------------------------------------------------------------------ options
+def parse_list(value: str | Sequence[str], what: str, allowed: Iterable[str] | None = None) -> list[str]:
+    """A comma-separated option as a list (order kept, duplicates dropped), checked against ``allowed``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = list(dict.fromkeys(i.strip() for i in items if i.strip()))
+    if allowed is not None:
+        allowed = list(allowed)
+        bad = [i for i in items if i not in allowed]
+        if bad:
+            raise ValueError(f"{what}: unknown value(s) {bad}; choose from {allowed}")
+    return items
+
+
+def check_choice(value: str, what: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; else a ValueError naming the option and the choices."""
+    if value not in choices:
+        raise ValueError(f"{what}={value!r}; choose one of {list(choices)}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ the run
+class PrepareRun:
+    """One conversion into ``out``: guards the folder, writes tiles resumably, reports progress.
+
+    ``tile_options`` are the options that decide what a tile *file* contains (band selection,
+    label mapping, crop, tile size when it does not show in the file name). Resuming skips tiles
+    already on disk, so a rerun with other values would silently mix two kinds of tiles: the
+    first run records them in ``out`` and a later run with other values is refused (ValueError
+    naming each changed option). Options that only decide *which* tiles exist or how they are
+    grouped (split lists, domains) do not belong here: changing them re-indexes the tiles on
+    disk. ``None`` records nothing (for callers that never resume, such as tests).
+    """
+
+    def __init__(
+        self,
+        benchmark: str,
+        out: str | os.PathLike[str],
+        *,
+        progress: bool = True,
+        tile_options: dict[str, Any] | None = None,
+    ) -> None:
         self.benchmark = benchmark
         self.out = Path(out)
         self.progress = progress
@@ -104,6 +157,8 @@ class PrepareRun:
         self.skipped = 0
         self._started = time.monotonic()
         self._claim_output()
+        if tile_options is not None:
+            self._check_tile_options(tile_options)
 
     def _claim_output(self) -> None:
         marker = self.out / MARKER_FILE
@@ -117,6 +172,26 @@ class PrepareRun:
                 )
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(marker, f"{self.benchmark}\n".encode())
+
+    def _check_tile_options(self, options: dict[str, Any]) -> None:
+        """Record ``options`` in ``out``; refuse a run into a folder recorded with other values."""
+        path = self.out / TILE_OPTIONS_FILE
+        record = {"benchmark": self.benchmark, "options": json.loads(json.dumps(options))}
+        if not path.is_file():
+            atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+            return
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: unreadable record of the previous run's options ({error})") from error
+        if previous != record:
+            old, new = previous.get("options", {}), record["options"]
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            details = "; ".join(f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{self.out}: tiles already there were prepared with other options ({details or previous}); "
+                f"rerun with the same options or prepare into a new, empty folder"
+            )
 
     def add_tile(
         self,

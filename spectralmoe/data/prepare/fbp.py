@@ -54,17 +54,17 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from spectralmoe.bands import get_sensor
 from spectralmoe.data import io
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex
-from spectralmoe.data.prepare import splits as split_lists
-from spectralmoe.data.prepare.common import PrepareRun, TileArrays, grid_windows, map_labels, pad_tile
+from spectralmoe.data.prepare import lists
+from spectralmoe.data.prepare.common import PrepareRun, TileArrays, grid_windows, index_lookup, map_labels, pad_tile
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ TILE = 512
 DEFAULT_MARGINS: tuple[int, int, int, int] = (60, 40, 54, 54)
 """Black border of a raw GF-2 scene, (left, right, top, bottom) px — remove_padding.py; UNVERIFIED
 that every scene has it (DATA.md §2.2)."""
+_MARGINS_OPTION = ",".join(map(str, DEFAULT_MARGINS))  # the defaults as the options give them (text)
+_TARGET_SENSORS_OPTION = ",".join(TARGET_SENSORS)
 DEFAULT_TARGET_CROP = 1024
 DEFAULT_TARGET_FRACTION = 0.16  # 24 of 150 scenes, the count implied by the official schedule (DATA.md §0.4)
 
@@ -101,10 +103,8 @@ PALETTE: list[tuple[int, int, int]] = [
 COLOUR_TABLE: list[tuple[int, int, int]] = [(0, 0, 0), *PALETTE]
 """Raw FBP colour of raw index 0..24 (0 = unlabeled, black)."""
 
-# Raw index → output class (reduce_zero_label); -1 = not in the FBP table.
-_LOOKUP = np.full(256, -1, dtype=np.int16)
-_LOOKUP[0] = IGNORE_INDEX
-_LOOKUP[1 : len(CLASSES) + 1] = np.arange(len(CLASSES))
+_LOOKUP = index_lookup(len(CLASSES))
+"""Raw index → output class (reduce_zero_label); -1 = not in the FBP table."""
 
 # City centres (lon, lat) for naming C-megacities images; GF-1/PlanetScope names do not all say the city.
 CITY_CENTRES: dict[str, tuple[float, float]] = {
@@ -120,61 +120,7 @@ _SENSOR_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _LONLAT_IN_NAME = re.compile(r"_E(?P<lon>\d+(?:\.\d+)?)_N(?P<lat>\d+(?:\.\d+)?)_")
 
-_COMMON_OPTIONS: dict[str, tuple[type, Any, str]] = {
-    "fbp_dir": (str, None, f"FBP folder (holding {IMAGE_DIR}/ and {INDEX_LABEL_DIR}/); default: found under --raw"),
-    "margins": (str, "60,40,54,54",
-                "black border of every raw GF-2 scene, 'left,right,top,bottom' px (UNVERIFIED for all scenes)"),
-    "source_labels": (str, "index", f"GF-2 labels to read: 'index' ({INDEX_LABEL_DIR}/*_24label.png) or "
-                                    f"'colour' ({COLOUR_LABEL_DIR}/*_24label.tif through the colour table)"),
-}  # fmt: skip
-OPTIONS_CROSS_SENSOR: dict[str, tuple[type, Any, str]] = {
-    **_COMMON_OPTIONS,
-    "megacities_dir": (str, None, f"C-megacities folder (holding {IMAGE_DIR}/ and {TARGET_LABEL_DIR}/); "
-                                  f"default: found under --raw"),
-    "source_scenes": (str, None, "file listing the GF-2 scenes to use as source (IDs or patterns); default: all"),
-    "target_crop": (int, DEFAULT_TARGET_CROP,
-                    "side of the window centred on the labelled area of each C-megacities image; 0 = whole image"),
-    "target_sensors": (str, "gf1,sentinel2,planetscope", "comma-separated target sensors to include"),
-    "target_meta": (str, None, "file of '<image name> <sensor> [city]' rows overriding the sensor/city read "
-                               "from names and georeference"),
-}  # fmt: skip
-OPTIONS_CROSS_REGION: dict[str, tuple[type, Any, str]] = {
-    **_COMMON_OPTIONS,
-    "source_scenes": (str, None, "file listing source scene IDs (or patterns); default: every scene not in "
-                                 "--target-scenes, or the UNVERIFIED hash split when neither is given"),
-    "target_scenes": (str, None, "file listing target scene IDs (or patterns); the official list is UNVERIFIED"),
-    "target_fraction": (float, DEFAULT_TARGET_FRACTION,
-                        "UNVERIFIED default split only: fraction of scenes (ranked by SHA-256 of the ID) put in "
-                        "the target"),
-    "scene_regions": (str, None, "file of '<scene> <region>' rows; the region becomes the tile's domain "
-                                 "(default: the scene ID)"),
-}  # fmt: skip
-OPTIONS: dict[str, dict[str, tuple[type, Any, str]]] = {
-    BENCHMARK_CROSS_SENSOR: OPTIONS_CROSS_SENSOR,
-    BENCHMARK_CROSS_REGION: OPTIONS_CROSS_REGION,
-}
-"""Options per benchmark: name → (type, default, help)."""
-
-
 # ----------------------------------------------------------------------------------------- helpers
-def _raster_shape(path: Path) -> tuple[int, int, int, str]:
-    """``(bands, height, width, dtype)`` from the header only (no pixels read)."""
-    import warnings
-
-    import rasterio
-    import rasterio.errors
-
-    if not path.is_file():
-        raise io.MissingFileError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(path) as src:
-                return src.count, src.height, src.width, src.dtypes[0]
-    except (rasterio.errors.RasterioError, OSError) as error:
-        raise io.RasterReadError(f"{path}: unreadable raster ({error})") from error
-
-
 def _check_nir_rgb(path: Path, bands: int, dtype: str) -> None:
     if bands != 4:
         raise ValueError(f"{path}: {bands} bands, but an FBP 8-bit image has 4 (NIR,R,G,B)")
@@ -291,7 +237,7 @@ class _SceneTiler:
 
     def __init__(self, scene: Scene, margins: tuple[int, int, int, int]) -> None:
         self.scene = scene
-        bands, height, width, dtype = _raster_shape(scene.image)
+        bands, height, width, dtype = io.raster_shape(scene.image)
         _check_nir_rgb(scene.image, bands, dtype)
         self.shape = (height, width)
         self.top, self.left, self.height, self.width = crop_box(height, width, margins, str(scene.image))
@@ -435,7 +381,7 @@ def scan_megacities(root: Path, meta: dict[str, tuple[str, str | None]] | None =
 
 def read_target_meta(path: str | Path) -> dict[str, tuple[str, str | None]]:
     """``target_meta`` file: rows ``<image name (stem)> <sensor> [city]``."""
-    return {row[0]: (row[1], row[2] if len(row) > 2 else None) for row in split_lists.read_table(path)}
+    return {row[0]: (row[1], row[2] if len(row) > 2 else None) for row in lists.read_table(path)}
 
 
 def centred_window(labelled: np.ndarray, size: int, source: str) -> tuple[int, int, int, int]:
@@ -459,7 +405,7 @@ class _TargetTiler:
 
     def __init__(self, item: TargetImage, crop: int) -> None:
         self.item = item
-        bands, height, width, dtype = _raster_shape(item.image)
+        bands, height, width, dtype = io.raster_shape(item.image)
         _check_nir_rgb(item.image, bands, dtype)
         self.shape, self.crop = (height, width), crop
         win_h, win_w = (min(crop, height), min(crop, width)) if crop > 0 else (height, width)
@@ -506,12 +452,12 @@ def default_region_split(scenes: Sequence[str], target_fraction: float) -> tuple
 
 
 def _listed(names: Sequence[str], file: str | Path, what: str) -> list[str]:
-    patterns = split_lists.read_id_list(file)
-    missing = split_lists.unmatched_entries(names, patterns)
+    patterns = lists.read_id_list(file)
+    missing = lists.unmatched_entries(names, patterns)
     if missing:
         raise ValueError(f"{file}: {what} scenes not found in the raw data: {', '.join(missing[:10])}"
                          f"{' …' if len(missing) > 10 else ''}")  # fmt: skip
-    return split_lists.select(names, patterns)
+    return lists.select(names, patterns)
 
 
 def resolve_region_split(
@@ -552,11 +498,11 @@ def prepare_cross_sensor(
     progress: bool = True,
     fbp_dir: str | Path | None = None,
     megacities_dir: str | Path | None = None,
-    margins: str | Sequence[int] = DEFAULT_MARGINS,
+    margins: str | Sequence[int] = _MARGINS_OPTION,
     source_labels: str = "index",
     source_scenes: str | Path | None = None,
     target_crop: int = DEFAULT_TARGET_CROP,
-    target_sensors: str | Sequence[str] = TARGET_SENSORS,
+    target_sensors: str | Sequence[str] = _TARGET_SENSORS_OPTION,
     target_meta: str | Path | None = None,
 ) -> PreparedIndex:
     """FBP cross-sensor: GF-2 (all scenes) → GF-1 / Sentinel-2 / PlanetScope (C-megacities).
@@ -599,8 +545,7 @@ def prepare_cross_sensor(
     if not targets:
         raise FileNotFoundError(f"{mega}: no C-megacities image of sensors {sensors_wanted}")
 
-    run = PrepareRun(BENCHMARK_CROSS_SENSOR, out, progress=progress)
-    split_lists.guard_tile_options(out, BENCHMARK_CROSS_SENSOR, {
+    run = PrepareRun(BENCHMARK_CROSS_SENSOR, out, progress=progress, tile_options={
         "margins": list(margin_box), "source_labels": source_labels, "target_crop": int(target_crop), "tile": TILE,
     })  # fmt: skip
     for scene in scenes:
@@ -638,7 +583,7 @@ def prepare_cross_region(
     *,
     progress: bool = True,
     fbp_dir: str | Path | None = None,
-    margins: str | Sequence[int] = DEFAULT_MARGINS,
+    margins: str | Sequence[int] = _MARGINS_OPTION,
     source_labels: str = "index",
     source_scenes: str | Path | None = None,
     target_scenes: str | Path | None = None,
@@ -672,12 +617,11 @@ def prepare_cross_region(
         logger.warning("fbp-cross-region: no scene lists given; using the UNVERIFIED placeholder split "
                        "(SHA-256 ranking, %d target scenes), which is not geographically disjoint. Pass "
                        "source_scenes/target_scenes to reproduce the paper.", len(target))  # fmt: skip
-    regions = {row[0]: " ".join(row[1:]) for row in split_lists.read_table(scene_regions)} if scene_regions else {}
+    regions = {row[0]: " ".join(row[1:]) for row in lists.read_table(scene_regions)} if scene_regions else {}
     membership = {**{n: "source" for n in source}, **{n: "target" for n in target}}
     left_out = [n for n in names if n not in membership]
 
-    run = PrepareRun(BENCHMARK_CROSS_REGION, out, progress=progress)
-    split_lists.guard_tile_options(out, BENCHMARK_CROSS_REGION, {
+    run = PrepareRun(BENCHMARK_CROSS_REGION, out, progress=progress, tile_options={
         "margins": list(margin_box), "source_labels": source_labels, "tile": TILE,
     })  # fmt: skip
     for scene in scenes:
@@ -701,10 +645,3 @@ def prepare_cross_region(
             "scene_regions": str(scene_regions) if scene_regions else None, "left_out_scenes": left_out,
         },
     )  # fmt: skip
-
-
-PREPARERS: dict[str, Callable[..., PreparedIndex]] = {
-    BENCHMARK_CROSS_SENSOR: prepare_cross_sensor,
-    BENCHMARK_CROSS_REGION: prepare_cross_region,
-}
-"""Converter per benchmark name."""

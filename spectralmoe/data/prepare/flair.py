@@ -39,26 +39,21 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 
 from spectralmoe.bands import get_sensor
 from spectralmoe.data import io
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex
-from spectralmoe.data.prepare import splits as split_lists
 from spectralmoe.data.prepare.common import PrepareRun, TileArrays, map_labels
+from spectralmoe.data.prepare.raw import RawSource, RawTree
 
 logger = logging.getLogger(__name__)
 
 BENCHMARK = "flair"
 RAW_BANDS = 5
-WORK_DIR = ".raw-work"  # per-member extraction folder inside OUT, removed at the end of every run
 ARCHIVES: tuple[str, ...] = (
     "flair_aerial_train.zip", "flair_labels_train.zip", "flair_1_aerial_test.zip", "flair_1_labels_test.zip",
 )  # fmt: skip
@@ -82,16 +77,6 @@ OTHER_CLASS = "other"
 OTHER_COLOUR = (0, 0, 0)
 OTHER_MODES: tuple[str, ...] = ("ignore", "other")
 
-OPTIONS: dict[str, tuple[type, Any, str]] = {
-    "other_classes": (str, "ignore",
-                      "raw classes 13..19: 'ignore' (→ 255, option A, default) or 'other' (→ a 13th class "
-                      "'other', the FLAIR baseline's option B); SpectralMoE's choice is UNVERIFIED (DATA.md §4.3)"),
-    "keep_elevation": (bool, False,
-                       "keep the 5th (elevation) band: 5-band tiles, sensor 'flair-elevation'; default drops it "
-                       "(4-band R,G,B,NIR, sensor 'flair', as the official code)"),
-}  # fmt: skip
-"""Options of ``prepare``: name → (type, default, help)."""
-
 _MEMBER = re.compile(
     r"(?:^|/)(?P<domain>D\d{3}_\d{4})/(?P<zone>[^/]+)/(?P<kind>img|msk)/(?P<prefix>IMG|MSK)_(?P<number>\d+)\.tiff?$",
     re.IGNORECASE,
@@ -112,64 +97,42 @@ def label_lookup(other_classes: str = "ignore") -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One raw file: in a folder (``archive`` None, ``name`` the path) or a zip member."""
+    """One raw file: member ``name`` of ``source`` (the raw folder itself, or one zip archive)."""
 
     raw_split: str
     domain: str
     zone: str
     kind: str
     number: str
+    source: RawSource
     name: str
-    archive: Path | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
         return self.raw_split, self.domain, self.zone, self.number
 
     def describe(self) -> str:
-        return f"{self.archive}!{self.name}" if self.archive else self.name
+        return self.source.describe(self.name)
 
 
-def _entry(parts_before: list[str], name: str, archive: Path | None, match: re.Match[str]) -> _Entry | None:
-    words = [w.lower() for part in parts_before for w in _SPLIT_WORD.findall(part)]
-    if not words:
-        return None
-    return _Entry(words[-1], match["domain"].upper(), match["zone"], match["kind"].lower(), match["number"], name,
-                  archive)  # fmt: skip
-
-
-def scan(raw: Path, exclude: Path | None = None) -> list[_Entry]:
-    """Every FLAIR image/mask below ``raw``, in folders or in ``*.zip`` archives (folders win over zips)."""
-    raw = raw.resolve()
-    exclude = exclude.resolve() if exclude is not None else None
+def scan(tree: RawTree) -> list[_Entry]:
+    """Every FLAIR image/mask below the raw folder, unzipped or in ``*.zip`` archives (unzipped files
+    win over zipped ones; between archives, the first in path order wins)."""
+    folder = tree.whole()
+    archives = sorted((f for f in tree.files if f.lower().endswith(".zip")), key=lambda f: f.split("/"))
     found: dict[tuple[str, tuple[str, str, str, str]], _Entry] = {}
-    zips = []
-    for path in sorted(raw.rglob("*")):
-        if exclude is not None and path.is_relative_to(exclude):
-            continue
-        if path.suffix.lower() == ".zip" and path.is_file():
-            zips.append(path)
-            continue
-        match = _MEMBER.search(path.as_posix())
-        if match and path.is_file():
-            entry = _entry(list(path.relative_to(raw).parts[:-4]), str(path), None, match)
-            if entry is None:
-                raise ValueError(f"{path}: cannot tell train from test (no 'train'/'test' in its folder names)")
-            found.setdefault((entry.kind, entry.key), entry)
-    for archive in zips:
-        try:
-            with zipfile.ZipFile(archive) as handle:
-                members = [info.filename for info in handle.infolist() if not info.is_dir()]
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{archive}: not a readable zip archive ({error})") from error
-        for member in members:
-            match = _MEMBER.search(member)
-            if not match or "__MACOSX" in member:
-                continue
-            parts = [archive.stem, *member.split("/")[:-4]]
-            entry = _entry(parts, member, archive, match)
-            if entry is None:
-                raise ValueError(f"{archive}!{member}: cannot tell train from test (no 'train'/'test' in its path)")
+    for source in [folder, *(tree.open_path(tree.raw / a) for a in archives)]:
+        for match, name in source.match(_MEMBER):
+            # The split word is in a folder above <domain>/<zone>/<kind>/ or in the archive's name.
+            parts = [source.path.stem] if source.is_zip else []
+            parts += name.split("/")[:-4]
+            words = [w.lower() for part in parts for w in _SPLIT_WORD.findall(part)]
+            if not words:
+                where = "path" if source.is_zip else "folder names"
+                raise ValueError(f"{source.describe(name)}: cannot tell train from test (no 'train'/'test' in its "
+                                 f"{where})")  # fmt: skip
+            entry = _Entry(words[-1], match["domain"].upper(), match["zone"], match["kind"].lower(),
+                           match["number"], source, name)  # fmt: skip
             found.setdefault((entry.kind, entry.key), entry)
     return list(found.values())
 
@@ -191,45 +154,12 @@ def pair(entries: list[_Entry]) -> list[tuple[_Entry, _Entry]]:
     return pairs
 
 
-class _Extractor:
-    """Gives a real file for an entry: the file itself, or its zip member extracted into ``work``."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self._zips: dict[Path, zipfile.ZipFile] = {}
-
-    @contextmanager
-    def path(self, entry: _Entry) -> Iterator[Path]:
-        if entry.archive is None:
-            yield Path(entry.name)
-            return
-        handle = self._zips.get(entry.archive)
-        if handle is None:
-            handle = self._zips[entry.archive] = zipfile.ZipFile(entry.archive)
-        self.work.mkdir(parents=True, exist_ok=True)
-        target = self.work / f"{entry.kind}_{entry.domain}_{entry.zone}_{entry.number}.tif"
-        try:
-            with handle.open(entry.name) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            yield target
-        finally:
-            target.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        for handle in self._zips.values():
-            handle.close()
-        self._zips.clear()
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-def _tile(image: _Entry, mask: _Entry, extractor: _Extractor, lookup: np.ndarray, keep_elevation: bool) -> TileArrays:
-    with extractor.path(image) as image_path:
-        data = io.read_raster(image_path)
+def _tile(image: _Entry, mask: _Entry, lookup: np.ndarray, keep_elevation: bool) -> TileArrays:
+    data = image.source.read(image.name, io.read_raster)
     if data.num_bands != RAW_BANDS:
         raise ValueError(f"{image.describe()}: {data.num_bands} bands, but a FLAIR image has {RAW_BANDS} "
                          f"(R,G,B,NIR,Elevation)")  # fmt: skip
-    with extractor.path(mask) as mask_path:
-        raw_label = io.read_label(mask_path)
+    raw_label = mask.source.read(mask.name, io.read_label)
     if raw_label.shape != data.shape:
         raise ValueError(f"{mask.describe()}: label size {raw_label.shape} differs from image size {data.shape} "
                          f"({image.describe()})")  # fmt: skip
@@ -260,29 +190,26 @@ def prepare(
         ValueError: wrong band count, image/label size mismatch, label values outside 1..19 (naming
             the file), an unreadable zip, or options differing from a previous run into ``out``.
     """
-    raw, out = Path(raw), Path(out)
     lookup = label_lookup(other_classes)
-    if not raw.is_dir():
-        raise FileNotFoundError(f"{raw}: raw folder not found")
-    pairs = pair(scan(raw, exclude=out))
+    tree = RawTree(raw, out)  # checks the raw folder; lists every file once
+    pairs = pair(scan(tree))  # everything paired and checked before the output folder is claimed
     if not pairs:
-        raise FileNotFoundError(f"{raw}: no FLAIR images (…/Dxxx_yyyy/<zone>/img/IMG_n.tif) in folders or zips "
+        raise FileNotFoundError(f"{tree.raw}: no FLAIR images (…/Dxxx_yyyy/<zone>/img/IMG_n.tif) in folders or zips "
                                 f"({', '.join(ARCHIVES)})")  # fmt: skip
     keep_elevation = bool(keep_elevation)
     sensor = get_sensor("flair-elevation" if keep_elevation else "flair")
     classes = CLASSES + ([OTHER_CLASS] if other_classes == "other" else [])
     palette = PALETTE + ([OTHER_COLOUR] if other_classes == "other" else [])
 
-    run = PrepareRun(BENCHMARK, out, progress=progress)
-    split_lists.guard_tile_options(out, BENCHMARK, {"other_classes": other_classes, "keep_elevation": keep_elevation})
-    extractor = _Extractor(out / WORK_DIR)
-    shutil.rmtree(extractor.work, ignore_errors=True)  # leftovers of an interrupted run
-    try:
+    # Both options change what a tile file holds (its label values, its band count).
+    run = PrepareRun(BENCHMARK, out, progress=progress,
+                     tile_options={"other_classes": other_classes, "keep_elevation": keep_elevation})  # fmt: skip
+    with tree:  # zip members are extracted one at a time into OUT/.raw-work, removed at the end
         for image, mask in pairs:
             department, year = image.domain.split("_")
             run.add_tile(
                 f"{image.domain}/{image.zone}/{image.number}",
-                lambda image=image, mask=mask: _tile(image, mask, extractor, lookup, keep_elevation),
+                lambda image=image, mask=mask: _tile(image, mask, lookup, keep_elevation),
                 split=_SPLITS[image.raw_split],  # type: ignore[arg-type]
                 domain=image.domain,
                 sensor=sensor.name,
@@ -290,8 +217,6 @@ def prepare(
                             "departement": department, "year": year},  # fmt: skip
                 band_names=sensor.band_names,
             )
-    finally:
-        extractor.close()
     return run.finish(
         classes=classes,
         palette=palette,

@@ -58,26 +58,22 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from spectralmoe.bands import get_sensor
-from spectralmoe.data.io import RasterData, read_image, read_label
+from spectralmoe.data.io import RasterData, read_label
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex
-from spectralmoe.data.prepare.common import PrepareRun, TileArrays, grid_windows, map_labels, pad_tile
-from spectralmoe.data.prepare.loveda import (
-    LazyScene,
-    RawSource,
-    RawTree,
-    check_image,
-    check_same_size,
+from spectralmoe.data.prepare.common import (
+    PrepareRun,
+    TileArrays,
+    grid_windows,
     index_lookup,
+    map_labels,
+    pad_tile,
     parse_list,
-    probe_shape,
-    reraise_naming,
-    window_transform,
 )
+from spectralmoe.data.prepare.raw import LazyScene, RawSource, RawTree, read_pair, window_transform
 
 logger = logging.getLogger(__name__)
 
@@ -93,25 +89,6 @@ SENSOR = "rgb"
 OEM_SPLITS = ("train", "val", "test")
 DEFAULT_CONTINENTS = Path(__file__).parent / "regions" / "oem_regions_UNVERIFIED_continents.tsv"
 AMBIGUOUS = "AMBIGUOUS"
-
-OPTIONS: dict[str, tuple[type, Any, str]] = {
-    "continents": (str, None, "region→continent table (TSV: header with 'region' and 'continent' or "
-                              "'continent_guess'); default: the shipped UNVERIFIED guess "
-                              "(regions/oem_regions_UNVERIFIED_continents.tsv)"),
-    "ambiguous_continent": (str, None, "continent given to regions the table marks AMBIGUOUS (svaneti); "
-                                       "default: skip them [UNVERIFIED]"),
-    "target_continents": (str, "Europe", "continent(s) forming the target, comma-separated [V: poster]"),
-    "source_splits": (str, "train,val,test", "OEM lists whose non-target images feed the source "
-                                             "[UNVERIFIED default: all]"),
-    "target_splits": (str, "train,val,test", "OEM lists whose target-continent images feed the target "
-                                             "[UNVERIFIED default: all]"),
-    "lists_dir": (str, None, "folder holding train.txt/val.txt/test.txt (and xbd_files.csv); default: "
-                             "found inside the download"),
-    "xbd_images": (str, None, "folder of compiled xBD-derived images named <region>_<n>.tif; default: "
-                              "only images in the download (the others are skipped with a warning)"),
-    "tile_size": (int, 0, "0 = keep native image size [UNVERIFIED default]; N = cut into NxN tiles, "
-                          "padding edge tiles (image 0, label 255)"),
-}  # fmt: skip
 
 _IMAGE = re.compile(r"(?:^|/)([^/]+)/images/([^/]+\.tif)$", re.I)
 _LABEL = re.compile(r"(?:^|/)([^/]+)/labels/([^/]+\.tif)$", re.I)
@@ -188,11 +165,8 @@ def _read_lists(source: RawSource) -> tuple[dict[str, str], set[str]]:
 
 def _load_scene(source: RawSource, image_name: str, label_source: RawSource, label_name: str,
                 ) -> tuple[RasterData, np.ndarray]:  # fmt: skip
-    image_where, label_where = source.describe(image_name), label_source.describe(label_name)
-    image = reraise_naming(image_where, lambda: read_image(source.local(image_name)))
-    check_image(image, image_where, bands=3, band_names=get_sensor(SENSOR).band_names)
-    raw = reraise_naming(label_where, lambda: read_label(label_source.local(label_name)))
-    check_same_size(image, raw, image_where, label_where)
+    image, raw, label_where = read_pair(source, image_name, label_source, label_name, bands=3,
+                                        band_names=get_sensor(SENSOR).band_names, read_label=read_label)  # fmt: skip
     return image, map_labels(raw, _LOOKUP, label_where)
 
 
@@ -213,18 +187,23 @@ def _name_order(name: str) -> tuple[str, int, str]:
     return (region, int(number), stem) if number.isdigit() else (stem, -1, stem)
 
 
+def _text(path: str | os.PathLike[str] | None) -> str | None:
+    """A path option as recorded in ``splits.json`` (JSON has no paths)."""
+    return None if path is None else os.fspath(path)
+
+
 def prepare(
     raw: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     progress: bool = True,
-    continents: str | None = None,
+    continents: str | os.PathLike[str] | None = None,
     ambiguous_continent: str | None = None,
     target_continents: str = "Europe",
     source_splits: str = "train,val,test",
     target_splits: str = "train,val,test",
-    lists_dir: str | None = None,
-    xbd_images: str | None = None,
+    lists_dir: str | os.PathLike[str] | None = None,
+    xbd_images: str | os.PathLike[str] | None = None,
     tile_size: int = 0,
 ) -> PreparedIndex:
     """Convert the OpenEarthMap download in ``raw`` into prepared tiles in ``out`` (module docstring).
@@ -233,7 +212,8 @@ def prepare(
         FileNotFoundError: no OpenEarthMap images, or no split lists.
         ValueError: a listed image without its label, or a listed non-xBD label without its image;
             a label of another size; an image that is not 3-band uint8; label values outside 0..8;
-            a region missing from the continent table (each naming the file or region); bad options.
+            a region missing from the continent table (each naming the file or region); bad options;
+            a ``tile_size`` differing from a previous run into ``out`` (it changes what a tile file holds).
     """
     continents_path = Path(continents) if continents else DEFAULT_CONTINENTS
     continent_of = read_continents(continents_path)
@@ -249,12 +229,15 @@ def prepare(
     tile_size = int(tile_size)
     if tile_size < 0:
         raise ValueError(f"tile_size must be 0 (native size) or positive, got {tile_size}")
-    options = dict(continents=continents, continent_table=str(continents_path), ambiguous_continent=ambiguous_continent,
-                   target_continents=target_continents, source_splits=source_splits, target_splits=target_splits,
-                   lists_dir=lists_dir, xbd_images=xbd_images, tile_size=tile_size)  # fmt: skip
+    options = dict(continents=_text(continents), continent_table=str(continents_path),
+                   ambiguous_continent=ambiguous_continent, target_continents=target_continents,
+                   source_splits=source_splits, target_splits=target_splits, lists_dir=_text(lists_dir),
+                   xbd_images=_text(xbd_images), tile_size=tile_size)  # fmt: skip
 
     tree = RawTree(raw, out)
-    run = PrepareRun(BENCHMARK, out, progress=progress)
+    # tile_size decides what a tile file named <stem>_<row>_<col> holds; the other options only
+    # decide which images are converted and how they are grouped.
+    run = PrepareRun(BENCHMARK, out, progress=progress, tile_options={"tile_size": tile_size})
     sensor = get_sensor(SENSOR)
     with tree:
         # Pass 1: index the download, read the lists, and decide every image before writing.
@@ -354,7 +337,7 @@ def prepare(
             if tile_size == 0:
                 tiles = [(f"{region}/{stem}", lambda s=scene: s.tile(0, 0, *s.get()[0].shape), attributes)]
             else:
-                height, width = probe_shape(image_src, image_member)
+                _, height, width, _ = image_src.raster_shape(image_member)
                 tiles = [
                     (f"{region}/{stem}_{w.row}_{w.col}",
                      lambda s=scene, w=w: _padded_tile(s, w.top, w.left, w.height, w.width, tile_size),

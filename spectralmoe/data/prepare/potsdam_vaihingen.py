@@ -68,20 +68,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from spectralmoe.bands import get_sensor
-from spectralmoe.data.io import RasterData, colours_to_index, read_colour_label, read_image
+from spectralmoe.data.io import RasterData, colours_to_index, read_colour_label
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex
-from spectralmoe.data.prepare.common import PrepareRun, TileArrays
-from spectralmoe.data.prepare.loveda import (
-    LazyScene,
-    RawSource,
-    RawTree,
-    check_choice,
-    check_image,
-    check_same_size,
-    parse_list,
-    probe_shape,
-    reraise_naming,
-)
+from spectralmoe.data.prepare.common import PrepareRun, TileArrays, check_choice, parse_list
+from spectralmoe.data.prepare.raw import LazyScene, RawSource, RawTree, read_pair
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +112,6 @@ VAIHINGEN_LABELS = {
 }  # fmt: skip
 # Folders of the image archive that hold same-named files which are NOT the complete ground truth.
 _NOT_VAIHINGEN_GT = re.compile(r"(?:^|/)(?:top|dsm|gts_for_participants)/[^/]+$", re.I)
-
-OPTIONS: dict[str, tuple[type, Any, str]] = {
-    "potsdam_product": (str, "rgb", "Potsdam imagery: rgb (2_Ortho_RGB.zip, R,G,B) [I: the authors' 3-channel "
-                                    "source] or rgbir (4_Ortho_RGBIR.zip, R,G,B,NIR)"),
-    "potsdam_labels": (str, "noBoundary", "Potsdam labels: noBoundary (5_Labels_all_noBoundary.zip, eroded) [V: mmseg] "
-                                          "or all (5_Labels_all.zip)"),
-    "potsdam_tiles": (str, "all", "Potsdam scenes of the source: all (38) [I], train (24), test (14), or a "
-                                  "comma list such as 2_10,5_15"),
-    "vaihingen_labels": (str, "eroded", "Vaihingen labels: eroded (…_ground_truth_eroded_COMPLETE.zip) [V: mmseg] "
-                                        "or full (…_ground_truth_COMPLETE.zip)"),
-    "vaihingen_areas": (str, "all", "Vaihingen areas of the target: all (33) [UNVERIFIED default], train (16), "
-                                    "test (17: mmseg's val set), or a comma list such as 1,6"),
-    "tile_size": (int, 512, "tile size of the mmseg clipping grid (no padding; last row/column shifted inward) [V: 512]"),
-}  # fmt: skip
-
 
 def clip_windows(height: int, width: int, size: int, where: str = "raster") -> list[tuple[int, int]]:
     """``(top, left)`` of the ``size``² windows of mmseg's ISPRS clipping grid, row-major.
@@ -200,11 +175,8 @@ def _select(option: str, presets: dict[str, Sequence[str]], found: dict[str, str
 
 def _load_scene(image_src: RawSource, image_name: str, label_src: RawSource, label_name: str,
                 bands: int, band_names: Sequence[str]) -> tuple[RasterData, np.ndarray]:  # fmt: skip
-    image_where, label_where = image_src.describe(image_name), label_src.describe(label_name)
-    image = reraise_naming(image_where, lambda: read_image(image_src.local(image_name)))
-    check_image(image, image_where, bands=bands, band_names=band_names)
-    rgb = reraise_naming(label_where, lambda: read_colour_label(label_src.local(label_name)))
-    check_same_size(image, rgb[..., 0], image_where, label_where)
+    image, rgb, _ = read_pair(image_src, image_name, label_src, label_name, bands=bands, band_names=band_names,
+                              read_label=read_colour_label)  # fmt: skip
     return image, colours_to_index(rgb, ISPRS_COLOURS, unmatched=IGNORE_INDEX)
 
 
@@ -232,7 +204,9 @@ def prepare(
     Raises:
         FileNotFoundError: an archive, or a scene named in an explicit list, is missing.
         ValueError: a scene without its label, a label of another size, an image with the wrong
-            band count or dtype, a scene smaller than one tile (each naming the file), bad options.
+            band count or dtype, a scene smaller than one tile (each naming the file), bad options,
+            or ``potsdam_product`` / ``potsdam_labels`` / ``vaihingen_labels`` differing from a previous
+            run into ``out`` (they change what a tile file holds).
     """
     check_choice(potsdam_product, "potsdam_product", tuple(POTSDAM_PRODUCTS))
     check_choice(potsdam_labels, "potsdam_labels", tuple(POTSDAM_LABELS))
@@ -246,7 +220,11 @@ def prepare(
     potsdam_sensor, vaihingen_sensor = get_sensor(potsdam_sensor_name), get_sensor("vaihingen")
 
     tree = RawTree(raw, out)
-    run = PrepareRun(BENCHMARK, out, progress=progress)
+    # Tile names hold the scene and the window (so tile_size and the scene selections only decide
+    # which files exist); the imagery product and the label sets decide what a file holds.
+    tile_options = dict(potsdam_product=potsdam_product, potsdam_labels=potsdam_labels,
+                        vaihingen_labels=vaihingen_labels)  # fmt: skip
+    run = PrepareRun(BENCHMARK, out, progress=progress, tile_options=tile_options)
     with tree:
         # Pass 1: find and pair every scene of both datasets before writing anything.
         jobs: list[dict[str, Any]] = []
@@ -297,7 +275,7 @@ def prepare(
             images_src, labels_src, sensor = job["images_src"], job["labels_src"], job["sensor"]
             image_name, label_name = job["image"], job["label"]
             where = images_src.describe(image_name)
-            height, width = probe_shape(images_src, image_name)
+            _, height, width, _ = images_src.raster_shape(image_name)
             scene = LazyScene(
                 lambda i=images_src, n=image_name, l=labels_src, m=label_name, s=sensor:  # noqa: E741
                 _load_scene(i, n, l, m, s.num_bands, s.band_names),

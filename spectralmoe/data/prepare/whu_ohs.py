@@ -40,14 +40,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from spectralmoe.bands import get_sensor
 from spectralmoe.data import io
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex
-from spectralmoe.data.prepare import splits as split_lists
+from spectralmoe.data.prepare import lists
 from spectralmoe.data.prepare.common import PrepareRun, TileArrays, map_labels
 
 logger = logging.getLogger(__name__)
@@ -76,23 +75,6 @@ DEFAULT_SOURCE_SCENES = "whu_ohs_source_UNVERIFIED.txt"
 DEFAULT_TARGET_SCENES = "whu_ohs_target_UNVERIFIED.txt"
 LABEL_ENCODINGS: tuple[str, ...] = ("raw24", "merged")
 
-OPTIONS: dict[str, tuple[type, Any, str]] = {
-    "source_scenes": (str, None,
-                      "file listing source scene IDs or patterns (e.g. S1, S*); default: the shipped "
-                      "UNVERIFIED list 'S*' (DATA.md §1.4)"),
-    "target_scenes": (str, None,
-                      "file listing target scene IDs or patterns; default: the shipped UNVERIFIED list 'T*'. "
-                      "Scenes in neither list are left out"),
-    "raw_splits": (str, "tr,val,ts", "comma-separated raw split folders to read"),
-    "label_encoding": (str, "raw24",
-                       "'raw24': labels hold the 24 raw classes (merged here); 'merged': labels already "
-                       "hold merged ids 0..K (0 = unlabeled), as in the official source_dir/target_dir"),
-    "merge_table": (str, None,
-                    "file of 'raw_id merged_id [name]' rows replacing the 24→7 merge; default: the shipped "
-                    "UNVERIFIED CAS first-level table (DATA.md §1.3)"),
-}  # fmt: skip
-"""Options of ``prepare``: name → (type, default, help)."""
-
 _NAME = re.compile(r"^(?P<prefix>[A-Za-z]+)(?P<index>\d+)_(?P<number>\d+)$")
 
 
@@ -108,11 +90,11 @@ class MergeTable:
 
 def load_merge_table(path: str | Path | None = None) -> MergeTable:
     """Read a merge-table file (default: the shipped UNVERIFIED 24→7 table)."""
-    path = Path(path) if path is not None else split_lists.shipped(DEFAULT_MERGE_TABLE)
+    path = Path(path) if path is not None else lists.shipped(DEFAULT_MERGE_TABLE)
     lookup = np.full(256, -1, dtype=np.int16)
     lookup[0] = 0
     names: dict[int, str] = {}
-    for row in split_lists.read_table(path):
+    for row in lists.read_table(path):
         try:
             raw_id, merged_id = int(row[0]), int(row[1])
         except ValueError:
@@ -245,18 +227,18 @@ def prepare(
     table = load_merge_table(merge_table)
     lookup = _label_lookup(table, label_encoding)
 
-    source_file = Path(source_scenes) if source_scenes else split_lists.shipped(DEFAULT_SOURCE_SCENES)
-    target_file = Path(target_scenes) if target_scenes else split_lists.shipped(DEFAULT_TARGET_SCENES)
-    source_patterns, target_patterns = split_lists.read_id_list(source_file), split_lists.read_id_list(target_file)
+    source_file = Path(source_scenes) if source_scenes else lists.shipped(DEFAULT_SOURCE_SCENES)
+    target_file = Path(target_scenes) if target_scenes else lists.shipped(DEFAULT_TARGET_SCENES)
+    source_patterns, target_patterns = lists.read_id_list(source_file), lists.read_id_list(target_file)
 
     items = scan(find_root(raw), folders)
     scenes = list(dict.fromkeys(item.scene for item in items))
-    in_source = set(split_lists.select(scenes, source_patterns))
-    in_target = set(split_lists.select(scenes, target_patterns))
+    in_source = set(lists.select(scenes, source_patterns))
+    in_target = set(lists.select(scenes, target_patterns))
     if in_source & in_target:
         raise ValueError(f"scenes {sorted(in_source & in_target)} are in both {source_file} and {target_file}")
     for name, patterns in ((source_file, source_patterns), (target_file, target_patterns)):
-        missing = split_lists.unmatched_entries(scenes, patterns)
+        missing = lists.unmatched_entries(scenes, patterns)
         if missing:
             logger.warning("%s lists scenes not in the raw data: %s", name, ", ".join(missing))
     left_out = [s for s in scenes if s not in in_source and s not in in_target]
@@ -264,9 +246,10 @@ def prepare(
         logger.info("whu-ohs: scenes in neither split list, left out: %s", ", ".join(left_out))
 
     sensor = get_sensor(SENSOR)
-    run = PrepareRun(BENCHMARK, out, progress=progress)
+    # Tiles keep the stored pixels; only the label mapping changes what a tile file holds.
     merge = {str(i): int(v) for i, v in enumerate(table.lookup) if v >= 0}
-    split_lists.guard_tile_options(out, BENCHMARK, {"label_encoding": label_encoding, "merge_lookup": merge})
+    run = PrepareRun(BENCHMARK, out, progress=progress,
+                     tile_options={"label_encoding": label_encoding, "merge_lookup": merge})  # fmt: skip
     for item in items:
         if item.scene not in in_source and item.scene not in in_target:
             continue
