@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -82,6 +83,73 @@ def _run_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
+    from spectralmoe.data.prepare import PREPARERS
+
+    p = subparsers.add_parser(
+        "prepare",
+        help="convert a benchmark's raw download into tiles + splits.json",
+        description="Read a benchmark as its owners distribute it (zips or unpacked folders), convert labels "
+        "to class indices, tile, and write image/label tiles with a splits.json. Resumable: a rerun skips "
+        "finished tiles. Refuses an output folder that holds another benchmark.",
+    )
+    benchmarks = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, preparer in PREPARERS.items():
+        b = benchmarks.add_parser(name, help=preparer.description, description=preparer.description)
+        b.add_argument("--raw", required=True, type=Path, help="folder holding the raw download")
+        b.add_argument("--out", required=True, type=Path, help="output folder (empty, or an earlier run of it)")
+        b.add_argument("--quiet", action="store_true", help="no progress line")
+        for option, (kind, default, text) in preparer.options.items():
+            flag = "--" + option.replace("_", "-")
+            if kind is bool:
+                b.add_argument(flag, dest=option, action=argparse.BooleanOptionalAction, default=default, help=text)
+            else:
+                b.add_argument(flag, dest=option, type=kind, default=default,
+                               help=f"{text} (default: {default})")  # fmt: skip
+        b.set_defaults(func=_run_prepare, preparer=preparer)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    preparer = args.preparer
+    options = {name: getattr(args, name) for name in preparer.options}
+    index = preparer.prepare(args.raw, args.out, progress=not args.quiet, **options)
+    counts = {split: len(index.select(split)) for split in ("source", "target")}
+    print(f"{preparer.name}: {len(index.tiles)} tiles ({counts['source']} source, {counts['target']} target) "
+          f"in {args.out}; domains: {', '.join(index.domains())}")  # fmt: skip
+    return 0
+
+
+def _add_stats_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "stats",
+        help="per-band mean/std/min/max of a prepared benchmark or a folder of GeoTIFFs (streaming)",
+        description="Per-band statistics over valid pixels (NaN/inf and nodata skipped), one tile at a time, "
+        "in the files' band order: the pixel_mean / pixel_std a new dataset needs.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="prepared root (with splits.json) or a GeoTIFF folder")
+    p.add_argument("--split", choices=["source", "target"], default=None, help="prepared roots: one split only")
+    p.add_argument("--max-samples", type=int, default=None, help="read at most N evenly spaced tiles")
+    p.add_argument("--nodata", type=float, default=None, help="nodata value when the files do not declare one")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from spectralmoe.data.layout import INDEX_FILE, PreparedIndex
+    from spectralmoe.data.stats import compute_band_stats, format_stats
+
+    stats = compute_band_stats(args.data, max_samples=args.max_samples, nodata=args.nodata, split=args.split)
+    band_names = None
+    if (args.data / INDEX_FILE).is_file():
+        index = PreparedIndex.load(args.data)
+        used = {t.sensor for t in index.select(args.split)}
+        if len(used) == 1:
+            band_names = index.sensors[used.pop()].band_names
+    text, payload = format_stats(stats, band_names)
+    print(json.dumps(payload, indent=2) if args.json else text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectralmoe",
@@ -89,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_params_parser(subparsers)
+    _add_prepare_parser(subparsers)
+    _add_stats_parser(subparsers)
     return parser
 
 
@@ -96,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"spectralmoe {args.command}: error: {error}", file=sys.stderr)
         return 2
 
