@@ -1,0 +1,118 @@
+"""Lightning callbacks that write the trainable-only export (``engine.export``) during a fit.
+
+``ExportOnFitEnd`` writes ``<dir>/export`` when fit ends (the final weights); ``ExportBest`` writes
+``<dir>/export_best`` whenever a monitored validation metric improves (e.g. ``val/mean/mIoU``),
+and remembers the best value in checkpoints so a resumed run keeps comparing against it. ``<dir>``
+defaults to the trainer's log dir. Files are written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from spectralmoe.engine.export import export_trainable
+
+__all__ = ["ExportBest", "ExportOnFitEnd"]
+
+
+def _folder(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:
+    """Target folder; ``trainer.log_dir`` is a collective, so every rank must call this."""
+    if dirpath is not None:
+        return Path(dirpath) / name
+    log_dir = trainer.log_dir
+    return Path(log_dir if log_dir is not None else trainer.default_root_dir) / name
+
+
+def _context(trainer: L.Trainer) -> dict[str, Any]:
+    return {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
+
+
+class ExportOnFitEnd(Callback):
+    """Export the trainable weights + build recipe when ``fit`` ends.
+
+    Args:
+        dirpath: parent folder (default: the trainer's log dir).
+        name: export folder name inside ``dirpath``.
+    """
+
+    def __init__(self, dirpath: str | None = None, name: str = "export") -> None:
+        self.dirpath = dirpath
+        self.name = name
+        self.last_path: Path | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = _folder(trainer, self.dirpath, self.name)
+        if trainer.is_global_zero:
+            self.last_path = export_trainable(pl_module, folder, metadata={"reason": "fit end", **_context(trainer)})
+        trainer.strategy.barrier("ExportOnFitEnd")
+
+
+class ExportBest(Callback):
+    """Export the trainable weights whenever ``monitor`` reaches a new best after a validation.
+
+    Args:
+        monitor: logged metric to watch (e.g. ``"val/mean/mIoU"``).
+        mode: ``"max"`` or ``"min"``.
+        dirpath: parent folder (default: the trainer's log dir).
+        name: export folder name inside ``dirpath``.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/mean/mIoU",
+        mode: Literal["max", "min"] = "max",
+        dirpath: str | None = None,
+        name: str = "export_best",
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.dirpath = dirpath
+        self.name = name
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self._warned = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    def _improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            if not self._warned:
+                rank_zero_warn(f"ExportBest: metric {self.monitor!r} was not logged; nothing exported")
+                self._warned = True
+            return
+        value = float(value)
+        if not self._improves(value):
+            return
+        self.best, self.best_step = value, int(trainer.global_step)
+        folder = _folder(trainer, self.dirpath, self.name)
+        if trainer.is_global_zero:
+            facts = {"reason": "best", "monitor": self.monitor, "value": value, **_context(trainer)}
+            export_trainable(pl_module, folder, metadata=facts)
+        trainer.strategy.barrier("ExportBest")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+        self.best_step = state_dict.get("best_step")
