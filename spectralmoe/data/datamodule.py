@@ -358,12 +358,15 @@ class DGDataModule(L.LightningDataModule):
                 f"{where}: source tiles of sensor(s) {foreign} but task {task.name!r} declares source_sensors "
                 f"{list(task.source_sensors)}"
             )
-        if not self._target_records():
+        targets = self._target_records()
+        if not targets:
             raise ValueError(
                 f"{where}: no target tiles for task {task.name!r} (target_domains={task.target_domains}; "
                 f"target domains present: {index.domains('target')})"
             )
-        for name in sorted({t.sensor for t in index.tiles}):
+        # Only the tiles this task reads must fit its normalisation: a prepared root may hold other
+        # sensors for other tasks (the synthetic world holds 4-, 32- and 3-band sensors).
+        for name in sorted({t.sensor for t in [*source, *targets]}):
             bands = index.sensors[name].num_bands
             if bands != len(self.pixel_mean):
                 raise ValueError(
