@@ -45,7 +45,6 @@ from spectralmoe.data.layout import (
     IMAGE_DIR,
     INDEX_FILE,
     LABEL_DIR,
-    MARKER_FILE,
     PreparedIndex,
     TileRecord,
     atomic_write_bytes,
