@@ -125,7 +125,7 @@ class Segmentor(nn.Module):
         # With nothing trainable before the head (the Freeze baseline) no graph is needed at all.
         grad_context = contextlib.nullcontext() if self._trains_before_head() else torch.no_grad()
         out_indices = set(self.backbone.out_indices)
-        maps: list[torch.Tensor] = []
+        maps_by_layer: dict[int, torch.Tensor] = {}
         aux_losses: list[torch.Tensor] = []
         with grad_context:
             tokens, grid = self.backbone.embed(self.normalize(image), wavelengths)
@@ -137,7 +137,9 @@ class Segmentor(nn.Module):
                 tokens, aux = self.adapter(tokens, layer=layer, depth_tokens=layer_depth)
                 aux_losses.append(aux)
                 if layer in out_indices:
-                    maps.append(self.backbone.tokens_to_map(tokens, grid))
+                    maps_by_layer[layer] = self.backbone.tokens_to_map(tokens, grid)
+        # One map per entry of out_indices, repeats included (shallow tiny models tap a block twice).
+        maps = [maps_by_layer[layer] for layer in self.backbone.out_indices]
         features = [
             F.interpolate(m, scale_factor=s, mode="bilinear", align_corners=False) if s != 1.0 else m
             for m, s in zip(maps, PYRAMID_SCALES)

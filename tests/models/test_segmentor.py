@@ -203,3 +203,10 @@ def test_bf16_autocast_forward_and_backward():
     assert torch.isfinite(total)
     total.backward()
     assert model.adapter.scale.grad is not None
+
+
+def test_repeated_out_indices_still_give_four_maps():
+    model = tiny_model(adapter="freeze", head="fpn", backbone="tiny-dofa")
+    assert len(set(model.backbone.out_indices)) < 4  # tiny-dofa taps a block twice
+    features, _ = model.extract_features(fixed_batch()[0])
+    assert [f.shape[-1] for f in features] == [8, 4, 2, 1]
