@@ -218,6 +218,28 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _distributed_world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class ShardedEvalSampler(torch.utils.data.DistributedSampler):
+    """Rank r evaluates tiles r, r+W, r+2W, …: no tile repeated or dropped, so metrics summed
+    across ranks equal one process's. A ``DistributedSampler`` subclass, so Lightning keeps it
+    instead of injecting its padding sampler; ranks may run one batch fewer than others (safe
+    for ``test``, where no collective runs per batch)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class DGDataModule(L.LightningDataModule):
     """Source training data and per-target-domain evaluation data of a DG task.
 
@@ -426,17 +448,27 @@ class DGDataModule(L.LightningDataModule):
         self.train_sampler = EpochSeededSampler(len(self.train_dataset), self.seed, shuffle=True)
         return self._loader(self.train_dataset, self.batch_size, sampler=self.train_sampler, drop_last=self.drop_last)
 
-    def _eval_loaders(self) -> list[DataLoader]:
+    def _eval_loaders(self, shard: bool = False) -> list[DataLoader]:
         self._require_setup()
-        return [self._loader(ds, self.eval_batch_size, shuffle=False) for ds in self.target_datasets.values()]
+        loaders = []
+        for dataset in self.target_datasets.values():
+            sampler = ShardedEvalSampler(dataset) if shard and _distributed_world() > 1 else None
+            loaders.append(self._loader(dataset, self.eval_batch_size, shuffle=False, sampler=sampler))
+        return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader of whole target tiles per target domain, in ``target_domains`` order."""
         return self._eval_loaders()
 
     def test_dataloader(self) -> list[DataLoader]:
-        """Same as ``val_dataloader`` (the target set is both, as in the authors' configs)."""
-        return self._eval_loaders()
+        """Same as ``val_dataloader`` (the target set is both, as in the authors' configs).
+
+        Under multi-process testing every tile is seen exactly once (``ShardedEvalSampler``), so
+        the summed confusion matrices equal a single-process run. Validation during ``fit`` keeps
+        Lightning's padding sampler (the DDP-wrapped forward needs equal batch counts per rank),
+        so in-fit validation numbers may count up to world−1 repeated tiles per domain.
+        """
+        return self._eval_loaders(shard=True)
 
     def predict_dataloader(self) -> DataLoader:
         """All target tiles, group after group (each sample carries ``group``, ``domain``, ``path``)."""

@@ -241,3 +241,13 @@ def test_published_stats_option(root):
     task = dataclasses.replace(TASK, published_mean=(1.0, 2.0, 3.0, 4.0), published_std=(5.0, 6.0, 7.0, 8.0))
     assert DGDataModule(root, task).pixel_mean == (1.0, 2.0, 3.0, 4.0)  # published is the default
     assert DGDataModule(root, task, stats="authors").pixel_mean == TASK.mean
+
+
+def test_sharded_eval_sampler_sees_every_tile_once():
+    from spectralmoe.data.datamodule import ShardedEvalSampler
+
+    dataset = list(range(7))
+    shards = [list(ShardedEvalSampler(dataset, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(i for shard in shards for i in shard) == dataset  # no tile repeated or dropped
+    assert [len(ShardedEvalSampler(dataset, num_replicas=3, rank=r)) for r in range(3)] == [3, 2, 2]
+    assert list(ShardedEvalSampler([0], num_replicas=2, rank=1)) == []  # a rank may get nothing
