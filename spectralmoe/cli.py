@@ -1,12 +1,37 @@
-"""The ``spectralmoe`` command line: one entry point, one sub-command per job."""
+"""The ``spectralmoe`` command line: one entry point, one sub-command per job.
+
+``params``, ``prepare`` and ``stats`` are plain argparse commands. ``fit``, ``validate``, ``test`` and
+``predict`` go to Lightning's ``LightningCLI`` (jsonargparse), so every constructor argument of
+``SegmentationTask`` (``model:``), ``DGDataModule`` (``data:``) and ``Trainer`` (``trainer:``) is a
+YAML key and a ``--section.key`` flag, configs compose with repeated ``-c``, and
+``--print_config`` shows the merged result. ``SpectralMoECLI`` adds what every run of this product
+needs: a ``ModelCheckpoint`` on the mean target mIoU (``checkpoint:``), the trainable-only export at
+the end of ``fit`` (``export:``), palette PNGs from ``predict`` (``predictions:``), CSV +
+TensorBoard loggers in one run folder (``run:``), seed 42 and a learning-rate monitor.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # Lightning is imported only by the commands that train (see _trainer_classes)
+    import lightning as L
+    from lightning.pytorch.cli import LightningArgumentParser
+
+#: Sub-commands run by LightningCLI (the Trainer method of the same name).
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+_TRAINER_HELP = {
+    "fit": "train a method on a task's source domain, validating per target domain",
+    "validate": "evaluate a model on every target domain (metrics_val_*.json/.csv)",
+    "test": "evaluate a model on every target domain (metrics_test.json/.csv)",
+    "predict": "write a class-map PNG for every target tile",
+}
 
 
 def _parse_value(text: str) -> Any:
@@ -150,12 +175,288 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- training
+def _next_version(folder: Path) -> int:
+    """One past the largest N of the ``version_N`` folders in ``folder`` (Lightning's rule)."""
+    numbers = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(numbers) + 1 if numbers else 0
+
+
+_TRAINER_CLASSES: dict[str, type] = {}
+_PARSERS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
+
+
+def _trainer_classes() -> dict[str, type]:
+    """Define ``ClassMapWriter`` and ``SpectralMoECLI`` on first use.
+
+    Importing Lightning takes seconds; ``spectralmoe --help``, ``params``, ``prepare`` and ``stats`` should
+    not pay for it. The classes still live at ``spectralmoe.cli.ClassMapWriter`` /
+    ``spectralmoe.cli.SpectralMoECLI`` (module ``__getattr__``), so config ``class_path`` entries and
+    pickling for ``ddp_spawn`` find them.
+    """
+    if _TRAINER_CLASSES:
+        return _TRAINER_CLASSES
+    import lightning as L
+    import numpy as np
+    from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_info
+
+    class ClassMapWriter(BasePredictionWriter):
+        """Save each class map of ``predict`` as a palette PNG, so that ``spectralmoe predict`` leaves files a
+        person can open (scene-scale GeoTIFF output is a separate command).
+
+        Files go to ``<dirpath>/<tile path under the prepared root's image/ folder>.png``; the palette is the
+        model's (the task's class colours). Each rank writes the tiles it predicted.
+
+        Args:
+            dirpath: output folder (default: ``<run folder>/predictions``).
+        """
+
+        def __init__(self, dirpath: str | None = None) -> None:
+            super().__init__(write_interval="batch")
+            self.dirpath = dirpath
+            self.folder: Path | None = None
+            self.written: list[Path] = []
+
+        def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            # trainer.log_dir is a collective: resolve it once here, on every rank, never per batch.
+            if self.dirpath is not None:
+                self.folder = Path(self.dirpath)
+            else:
+                log_dir = trainer.log_dir
+                self.folder = Path(log_dir if log_dir is not None else trainer.default_root_dir) / "predictions"
+            self.written = []
+
+        def _relative(self, trainer: L.Trainer, path: str | None) -> Path:
+            """The tile's path under the prepared root's ``image/`` folder, without suffix."""
+            if path is None:
+                return Path(f"rank{trainer.global_rank}_tile{len(self.written):06d}")
+            image_root = getattr(getattr(trainer, "datamodule", None), "root", None)
+            source = Path(path)
+            if image_root is not None:
+                try:
+                    return source.relative_to(Path(image_root) / "image").with_suffix("")
+                except ValueError:
+                    pass
+            return Path(source.stem)
+
+        def write_on_batch_end(
+            self,
+            trainer: L.Trainer,
+            pl_module: L.LightningModule,
+            prediction: Any,
+            batch_indices: Sequence[int] | None,
+            batch: Any,
+            batch_idx: int,
+            dataloader_idx: int,
+        ) -> None:
+            from PIL import Image
+
+            assert self.folder is not None
+            palette = getattr(pl_module.hparams, "palette", None)
+            flat = [int(c) for colour in (palette or []) for c in colour]
+            paths = prediction.get("path") or [None] * len(prediction["pred"])
+            for path, pred in zip(paths, prediction["pred"]):
+                array = pred.numpy()
+                target = self.folder / self._relative(trainer, path)
+                target = target.with_name(target.name + ".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if array.dtype == np.uint8:
+                    image = Image.fromarray(array, mode="L")
+                    if flat:
+                        image = image.convert("P")
+                        image.putpalette(flat + [0] * (768 - len(flat)))
+                else:  # more than 256 classes: 16-bit grey
+                    image = Image.fromarray(array.astype(np.uint16))
+                tmp = target.with_name(f".{target.name}.tmp")
+                image.save(tmp, format="PNG")
+                os.replace(tmp, target)
+                self.written.append(target)
+
+    class SpectralMoECLI(LightningCLI):
+        """LightningCLI for ``SegmentationTask`` + ``DGDataModule`` with this product's defaults.
+
+        Extra config sections (each key also a ``--section.key`` flag):
+
+        * ``checkpoint:`` the ``ModelCheckpoint`` (best ``val/mean/mIoU`` + ``last.ckpt``);
+        * ``export:`` ``ExportOnFitEnd`` (``model.safetensors`` + ``spectralmoe.json`` when fit ends);
+        * ``predictions:`` ``ClassMapWriter`` (palette PNGs from ``predict``);
+        * ``run:`` where the run folder goes: ``<run.root>/<run.name>/<run.version>``, default
+          ``runs/<task>/<adapter>_<backbone>/version_N``.
+
+        With ``trainer.logger`` left ``null`` the run logs to a ``CSVLogger`` and a ``TensorBoardLogger``
+        sharing that folder (plus a ``LearningRateMonitor``); ``trainer.logger: false`` logs nothing.
+        """
+
+        def __init__(self, *args: Any, subcommand: str | None = None, **kwargs: Any) -> None:
+            #: build the parser of this sub-command only: each one costs a full signature walk of the
+            #: Trainer, task, datamodule and callbacks (about half a second), and a run needs one
+            self.only_subcommand = subcommand
+            super().__init__(*args, **kwargs)
+
+        def setup_parser(
+            self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+        ) -> None:
+            """Reuse the parser of an earlier run in this process (Python sweeps, tests): building one walks
+            every signature again, about as long as a tiny training run."""
+            key = (
+                type(self), self.only_subcommand, add_subcommands, self._model_class, self._datamodule_class,
+                self.trainer_class, repr(self.trainer_defaults), repr(self.seed_everything_default),
+                repr(main_kwargs), repr(subparser_kwargs), self.auto_configure_optimizers,
+            )  # fmt: skip
+            cached = _PARSERS.get(key)
+            if cached is None:
+                super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+                cached = _PARSERS[key] = (
+                    self.parser, getattr(self, "_subcommand_parsers", None),
+                    getattr(self, "_subcommand_method_arguments", None),
+                )  # fmt: skip
+            self.parser, subcommand_parsers, method_arguments = cached
+            if subcommand_parsers is not None:
+                self._subcommand_parsers, self._subcommand_method_arguments = subcommand_parsers, method_arguments
+
+        def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+            every = LightningCLI.subcommands()
+            if self.only_subcommand is None:
+                return every
+            return {self.only_subcommand: every[self.only_subcommand]}
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            from spectralmoe.engine.callbacks import ExportOnFitEnd
+
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "checkpoint.monitor": "val/mean/mIoU",
+                    "checkpoint.mode": "max",
+                    "checkpoint.save_last": True,
+                    "checkpoint.save_top_k": 1,
+                    # the metric names hold "/": Lightning must not insert them into the file name
+                    "checkpoint.auto_insert_metric_name": False,
+                    "checkpoint.filename": "best_epoch{epoch}_step{step}_mIoU{val/mean/mIoU:.2f}",
+                }
+            )
+            parser.add_lightning_class_args(ExportOnFitEnd, "export")
+            parser.add_lightning_class_args(ClassMapWriter, "predictions")
+            parser.add_argument(
+                "--run.root", type=str, default="runs",
+                help="parent folder of the run folders (the default loggers' place: used when trainer.logger is null)",
+            )  # fmt: skip
+            parser.add_argument(
+                "--run.name", type=str | None, default=None,
+                help="run name, may contain '/' (default: <data.task name>/<model.adapter>_<model.backbone>)",
+            )  # fmt: skip
+            parser.add_argument(
+                "--run.version", type=str | None, default=None,
+                help="run subfolder (default: the next free version_N); an existing one loses its metrics.csv",
+            )  # fmt: skip
+
+        def _run_folder(self) -> tuple[str, str, int | str]:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            run = config.get("run")
+            root = run.root if run is not None else "runs"
+            name = run.name if run is not None else None
+            version = run.version if run is not None else None
+            if name is None:
+                task = getattr(self.datamodule, "task", None)
+                task_name = getattr(task, "name", "task")
+                hp = self.model.hparams
+                name = f"{task_name}/{hp.adapter}_{hp.backbone}"
+            if version is None:
+                version = _next_version(Path(root) / name)
+            return root, name, version
+
+        def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+            """Add the default loggers (CSV + TensorBoard in one run folder) when ``trainer.logger`` is null."""
+            trainer_config = self._get(self.config_init, "trainer", default={})
+            if trainer_config.get("logger") is None and "logger" not in kwargs:
+                root, name, version = self._run_folder()
+                kwargs["logger"] = [
+                    CSVLogger(root, name=name, version=version),
+                    TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
+                ]
+            trainer = super().instantiate_trainer(**kwargs)
+            if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
+                trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+            return trainer
+
+        def predict(self, **kwargs: Any) -> Any:
+            """``trainer.predict`` without collecting every map in memory unless asked: the writer saves them."""
+            if kwargs.get("return_predictions") is None:
+                kwargs["return_predictions"] = False
+            return self.trainer.predict(**kwargs)
+
+        def _report(self) -> None:
+            if self.trainer.is_global_zero and self.trainer.loggers:
+                rank_zero_info(f"spectralmoe {self.subcommand}: run folder {self.trainer.loggers[0].log_dir}")
+
+        def after_fit(self) -> None:
+            self._report()
+
+        def after_validate(self) -> None:
+            self._report()
+
+        def after_test(self) -> None:
+            self._report()
+
+        def after_predict(self) -> None:
+            self._report()
+
+    for cls in (ClassMapWriter, SpectralMoECLI):
+        cls.__qualname__ = cls.__name__  # importable as spectralmoe.cli.<name>
+    _TRAINER_CLASSES.update(ClassMapWriter=ClassMapWriter, SpectralMoECLI=SpectralMoECLI)
+    return _TRAINER_CLASSES
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ClassMapWriter", "SpectralMoECLI"):
+        return _trainer_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _run_trainer_command(command: str, argv: Sequence[str] | None) -> int:
+    """Run ``command`` (fit|validate|test|predict) through ``SpectralMoECLI``; ``argv`` None: ``sys.argv``."""
+    from spectralmoe.data.datamodule import DGDataModule
+    from spectralmoe.engine.task import SegmentationTask
+
+    _trainer_classes()["SpectralMoECLI"](
+        SegmentationTask,
+        DGDataModule,
+        args=None if argv is None else list(argv),
+        subcommand=command,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the task's own AdamW groups + poly schedule (METHOD §5)
+        # the task saves its own (resolved) arguments, so load_from_checkpoint needs no copy of the CLI
+        # config in every checkpoint (and dumping it costs a parse of the whole config per instantiation)
+        load_from_checkpoint_support=False,
+        parser_kwargs={"prog": "spectralmoe"},
+    )
+    return 0
+
+
+def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) -> None:
+    """List ``command`` in ``spectralmoe --help``; ``main`` hands it to LightningCLI before argparse."""
+    subparsers.add_parser(
+        command,
+        add_help=False,
+        help=f"{_TRAINER_HELP[command]} (LightningCLI: spectralmoe {command} --help)",
+        description=f"spectralmoe {command} -c CONFIG.yaml [-c MORE.yaml] [--section.key VALUE ...]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectralmoe",
         description="Domain-generalised segmentation of spectral imagery with frozen foundation models.",
+        epilog="fit/validate/test/predict take LightningCLI options: -c CONFIG.yaml (repeatable), "
+        "--model.KEY, --data.KEY, --trainer.KEY, --print_config; see `spectralmoe fit --help`.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in TRAINER_COMMANDS:
+        _add_trainer_parser(subparsers, command)
     _add_params_parser(subparsers)
     _add_prepare_parser(subparsers)
     _add_stats_parser(subparsers)
@@ -163,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in TRAINER_COMMANDS:
+        return _run_trainer_command(words[0], argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
