@@ -448,6 +448,9 @@ def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectralmoe.predict import add_predict_scene_parser
+    from spectralmoe.viz import add_viz_parser
+
     parser = argparse.ArgumentParser(
         prog="spectralmoe",
         description="Domain-generalised segmentation of spectral imagery with frozen foundation models.",
@@ -460,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_parser(subparsers)
     _add_prepare_parser(subparsers)
     _add_stats_parser(subparsers)
+    add_predict_scene_parser(subparsers)
+    add_viz_parser(subparsers)
     return parser
 
 

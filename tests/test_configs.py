@@ -195,7 +195,8 @@ def test_method_files_cover_the_paper_tables():
 def test_readme_paper_rows_name_existing_configs():
     """Every config is a row (or cell) of the README's paper tables, and every name there exists."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("### Paper rows") :]
+    start = text.index("### Paper rows")
+    section = text[start : text.find("\n## ", start) if "\n## " in text[start:] else len(text)]
     tasks = set(re.findall(r"configs/tasks/([\w.-]+)\.yaml", section))
     methods = set(re.findall(r"`((?:spectralmoe-e3|[a-z]+)_[a-z0-9.-]+)`", section))
     methods |= set(re.findall(r"configs/methods/([\w.-]+)\.yaml", section))

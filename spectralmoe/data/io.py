@@ -33,6 +33,7 @@ __all__ = [
     "colours_to_index",
     "read_image",
     "raster_shape",
+    "open_raw",
     "PILLOW_SUFFIXES",
     "RASTERIO_SUFFIXES",
 ]
@@ -119,7 +120,7 @@ def _rasterio_modules() -> tuple[Any, Any]:
     return rasterio, rasterio.errors
 
 
-def _open_raw(path: Path, rasterio: Any) -> Any:
+def open_raw(path: Path, rasterio: Any) -> Any:
     """Open ``path`` so that reads return the stored samples.
 
     GDAL decodes photometric SEPARATED (CMYK) TIFFs to RGBA by default — for the FBP NIR,R,G,B
@@ -162,7 +163,7 @@ def read_raster(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", errors.NotGeoreferencedWarning)
-            with rasterio.Env(GDAL_PAM_ENABLED="NO"), _open_raw(path, rasterio) as src:
+            with rasterio.Env(GDAL_PAM_ENABLED="NO"), open_raw(path, rasterio) as src:
                 count, height, width = src.count, src.height, src.width
                 indexes: list[int] | None = None
                 if bands is not None:
