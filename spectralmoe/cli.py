@@ -448,6 +448,7 @@ def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectralmoe.demo import add_demo_parser
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
 
@@ -465,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_parser(subparsers)
     add_predict_scene_parser(subparsers)
     add_viz_parser(subparsers)
+    add_demo_parser(subparsers)
     return parser
 
 

@@ -50,6 +50,8 @@ class DepthPreset:
 
     ``backbone`` holds the ``Dinov2Config`` fields and ``head`` the DPT fields of the hub model's
     ``config.json``, so that a random (or meta-device) build has exactly the hub parameter count.
+    ``packaged_weights`` names a folder under ``spectralmoe/weights/`` shipped with the package, the
+    default weights of a preset without a hub id (the synthetic-world model).
     """
 
     hub_id: str | None
@@ -57,6 +59,17 @@ class DepthPreset:
     config_class: type[PreTrainedConfig]
     backbone: dict[str, Any]
     head: dict[str, Any] = field(default_factory=dict)
+    packaged_weights: str | None = None
+
+    def default_weights(self) -> str | None:
+        """Where ``pretrained=True`` loads from without ``weights=``: the hub id, else the packaged folder."""
+        if self.hub_id is not None:
+            return self.hub_id
+        if self.packaged_weights is not None:
+            from spectralmoe.weights import packaged_weights
+
+            return str(packaged_weights(self.packaged_weights))
+        return None
 
     def make_config(self, **backbone_overrides: Any) -> PreTrainedConfig:
         """A fresh config (never shared: transformers models keep a reference to the config they get)."""
@@ -90,6 +103,14 @@ _TINY_BACKBONE = dict(
     image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
 )
 _TINY_DPT = dict(fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32], head_hidden_size=8)
+# The packaged SYNTHETIC-world depth model (scripts/pretrain_synthetic.py): native patch 16, 8×8 position
+# table (128 px), as wide as the synthetic-dinov2 backbone so SpectralMoE needs no depth projection.
+SYNTHETIC_DEPTH_BACKBONE: dict[str, Any] = dict(
+    hidden_size=96, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4, layerscale_value=1.0,
+    image_size=128, patch_size=16, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,
+)
+SYNTHETIC_DEPTH_DPT: dict[str, Any] = dict(fusion_hidden_size=32, neck_hidden_sizes=[24, 48, 96, 96],
+                                           head_hidden_size=16)
 
 DEPTH_PRESETS: dict[str, DepthPreset] = {
     "depth-anything-v2-small": DepthPreset(
@@ -116,6 +137,10 @@ DEPTH_PRESETS: dict[str, DepthPreset] = {
                                        _TINY_BACKBONE, _TINY_DPT),
     "tiny-prompt-depth-anything": DepthPreset(None, PromptDepthAnythingForDepthEstimation,
                                               PromptDepthAnythingConfig, _TINY_BACKBONE, _TINY_DPT),
+    # Trained on the SYNTHETIC world's height maps, shipped in spectralmoe/weights/ (the demo's depth model).
+    "synthetic-depth-anything": DepthPreset(None, DepthAnythingForDepthEstimation, DepthAnythingConfig,
+                                            SYNTHETIC_DEPTH_BACKBONE, SYNTHETIC_DEPTH_DPT,
+                                            packaged_weights="synthetic-depth-anything"),
 }
 
 
@@ -268,7 +293,8 @@ def build_depth_encoder(
     """A frozen ``DepthEncoder`` from a preset name.
 
     ``pretrained=True`` loads the full depth model with ``from_pretrained(weights or hub id)`` (a hub
-    id or a local folder written by ``save_pretrained``), so hub checkpoints load as published, and
+    id or a local folder written by ``save_pretrained``; presets without a hub id use their packaged
+    folder under ``spectralmoe/weights/``), so hub checkpoints load as published, and
     keeps only its backbone. ``pretrained=False`` builds random weights from the preset's config
     (tests; parameter counts under ``torch.device("meta")``) and says so in a warning.
     """
@@ -276,7 +302,7 @@ def build_depth_encoder(
         raise ValueError(f"unknown depth model {name!r}; choose one of {list_depth_encoders()}")
     preset = DEPTH_PRESETS[name]
     if pretrained:
-        source = weights if weights is not None else preset.hub_id
+        source = weights if weights is not None else preset.default_weights()
         if source is None:
             raise ValueError(
                 f"depth model {name!r} has no published weights: pass weights=<folder> or pretrained=False"

@@ -246,6 +246,7 @@ def test_presets_listed_with_hub_ids() -> None:
     assert set(names) == {
         "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
         "prompt-depth-anything-large", "tiny-depth-anything", "tiny-prompt-depth-anything",
+        "synthetic-depth-anything",  # packaged, pretrained on the synthetic world (no hub id)
     }
     assert DEPTH_PRESETS["depth-anything-v2-large"].hub_id == "depth-anything/Depth-Anything-V2-Large-hf"
     assert DEPTH_PRESETS["depth-anything-v2-small"].hub_id == "depth-anything/Depth-Anything-V2-Small-hf"

@@ -27,7 +27,9 @@ Family = Literal["dinov2", "dinov2-reg", "dinov3", "clip", "sam"]
 class BackbonePreset:
     """One named backbone: transformers family, hub checkpoint (None for test-only presets), config, taps.
 
-    ``out_indices`` are the 0-based blocks whose outputs feed the decoder pyramid.
+    ``out_indices`` are the 0-based blocks whose outputs feed the decoder pyramid. ``packaged_weights``
+    names a folder under ``spectralmoe/weights/`` shipped with the package (``save_pretrained``
+    output), the default weights of a preset without a hub id (the synthetic-world models).
     """
 
     name: str
@@ -35,6 +37,17 @@ class BackbonePreset:
     hub_id: str | None
     config: dict[str, Any] = field(hash=False)
     out_indices: tuple[int, ...]
+    packaged_weights: str | None = None
+
+    def default_weights(self) -> str | None:
+        """Where ``pretrained=True`` loads from without ``weights=``: the hub id, else the packaged folder."""
+        if self.hub_id is not None:
+            return self.hub_id
+        if self.packaged_weights is not None:
+            from spectralmoe.weights import packaged_weights
+
+            return str(packaged_weights(self.packaged_weights))
+        return None
 
     def __post_init__(self) -> None:
         if self.family not in HF_FAMILIES:
@@ -65,11 +78,18 @@ _SAM = dict(patch_size=16, image_size=1024, window_size=14, output_channels=256,
 
 _SAM_GLOBAL = {"b": (2, 5, 8, 11), "l": (5, 11, 17, 23), "h": (7, 15, 23, 31)}
 
+#: Architecture of the packaged synthetic-world DINOv2 (also what its pretraining script builds).
+SYNTHETIC_DINOV2_CONFIG: dict[str, Any] = _vit(
+    96, 6, 4, patch_size=16, image_size=128, mlp_ratio=4, layerscale_value=1.0, layer_norm_eps=1e-6, qkv_bias=True,
+    hidden_act="gelu", use_swiglu_ffn=False,
+)
+
 
 def _preset(name: str, family: Family, hub_id: str | None, config: dict[str, Any],
-            out_indices: Sequence[int] | None = None) -> BackbonePreset:  # fmt: skip
+            out_indices: Sequence[int] | None = None,
+            packaged_weights: str | None = None) -> BackbonePreset:  # fmt: skip
     indices = default_out_indices(config["num_hidden_layers"]) if out_indices is None else tuple(out_indices)
-    return BackbonePreset(name, family, hub_id, config, tuple(indices))
+    return BackbonePreset(name, family, hub_id, config, tuple(indices), packaged_weights)
 
 
 _PRESETS = (
@@ -106,6 +126,9 @@ _PRESETS = (
     _preset("tiny-sam", "sam", None,
             _vit(64, 4, 4, mlp_dim=128, patch_size=16, image_size=64, window_size=2, global_attn_indexes=[1, 3],
                  output_channels=32, initializer_range=0.02), (0, 1, 2, 3)),
+    # SYNTHETIC-world pretrained model shipped in spectralmoe/weights/ (scripts/pretrain_synthetic.py): the
+    # default backbone of `spectralmoe demo`. Native patch 16 (no kernel resize), position table 8×8 (128 px).
+    _preset("synthetic-dinov2", "dinov2", None, SYNTHETIC_DINOV2_CONFIG, packaged_weights="synthetic-dinov2"),
 )  # fmt: skip
 
 BACKBONE_PRESETS: dict[str, BackbonePreset] = {p.name: p for p in _PRESETS}
@@ -158,8 +181,8 @@ def build_backbone(
         name: a preset (see ``list_backbones()``).
         in_wavelengths: centre wavelength (µm) of each input band, nan for non-spectral bands; the patch
             embedding gets one channel per band (default R, G, B).
-        pretrained: load released weights (``weights`` or the preset's hub id); False builds random
-            weights from the preset config (a warning is logged). Works under ``torch.device("meta")``.
+        pretrained: load released weights (``weights``, else the preset's hub id or packaged folder); False
+            builds random weights from the preset config (a warning is logged). Works under ``torch.device("meta")``.
         weights: hub id or local folder written by ``save_pretrained`` (needed offline).
         out_indices: blocks tapped for the decoder (default: the preset's).
         kernel_resize: how patch-14 kernels become 16×16: "bicubic" (authors' converters) or "pi" (FlexiViT).
@@ -170,7 +193,7 @@ def build_backbone(
                            out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     preset = BACKBONE_PRESETS[name]
     if pretrained:
-        source = weights if weights is not None else preset.hub_id
+        source = weights if weights is not None else preset.default_weights()
         if source is None:
             raise ValueError(
                 f"backbone {name!r} is a test preset without released weights: pass pretrained=False, or "
