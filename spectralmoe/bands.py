@@ -10,8 +10,10 @@ model, which is only right for NIR,R,G,B data. Everything here is chosen by wave
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -27,6 +29,12 @@ class Sensor:
 
     ``value_scale`` is the raw value of full reflectance / full brightness (255 for 8-bit
     products, 10000 for reflectance×10⁴), used to bring raw data to about [0, 1].
+
+    ``bandwidths_um`` are the bands' full widths at half maximum (µm, ``nan`` for non-spectral
+    bands) and ``gsd_m`` the ground sampling distance in metres, as the published sensor documents
+    give them; ``None`` where no document gives them. Models that need them (Copernicus-FM,
+    Galileo, SenPa-MAE) read :meth:`bandwidths` and :meth:`gsd`, which fall back to the documented
+    defaults :func:`default_bandwidths_um` and :data:`DEFAULT_GSD_M`.
     """
 
     name: str
@@ -34,6 +42,8 @@ class Sensor:
     wavelengths_um: tuple[float, ...]
     value_scale: float
     description: str = ""
+    bandwidths_um: tuple[float, ...] | None = None
+    gsd_m: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.band_names) != len(self.wavelengths_um):
@@ -41,8 +51,27 @@ class Sensor:
                 f"sensor {self.name!r}: {len(self.band_names)} band names but "
                 f"{len(self.wavelengths_um)} wavelengths"
             )
-        if self.value_scale <= 0:
-            raise ValueError(f"sensor {self.name!r}: value_scale must be > 0, got {self.value_scale}")
+        if not self.value_scale > 0 or not math.isfinite(self.value_scale):
+            raise ValueError(f"sensor {self.name!r}: value_scale must be a finite number > 0, got {self.value_scale}")
+        for i, w in enumerate(self.wavelengths_um):
+            if not (math.isnan(w) or 0.0 < w < 100.0):
+                raise ValueError(
+                    f"sensor {self.name!r}: band {i + 1} ({self.band_names[i]}) has wavelength {w}; "
+                    "wavelengths are in micrometres (0 < w < 100), or nan for a non-spectral band"
+                )
+        if self.bandwidths_um is not None:
+            if len(self.bandwidths_um) != len(self.wavelengths_um):
+                raise ValueError(
+                    f"sensor {self.name!r}: {len(self.bandwidths_um)} bandwidths but {len(self.wavelengths_um)} bands"
+                )
+            for i, (w, b) in enumerate(zip(self.wavelengths_um, self.bandwidths_um)):
+                if not math.isnan(w) and not (math.isfinite(b) and 0.0 < b < 10.0):
+                    raise ValueError(
+                        f"sensor {self.name!r}: band {i + 1} ({self.band_names[i]}) has bandwidth {b}; "
+                        "bandwidths are full widths at half maximum in micrometres (0 < b < 10)"
+                    )
+        if self.gsd_m is not None and not (math.isfinite(self.gsd_m) and self.gsd_m > 0):
+            raise ValueError(f"sensor {self.name!r}: gsd_m must be a finite number of metres > 0, got {self.gsd_m}")
 
     @property
     def num_bands(self) -> int:
@@ -54,6 +83,127 @@ class Sensor:
 
     def rgb_indices(self, tolerance_um: float = DEFAULT_RGB_TOLERANCE_UM) -> tuple[int, int, int]:
         return rgb_band_indices(self.wavelengths_um, tolerance_um=tolerance_um, sensor_name=self.name)
+
+    def bandwidths(self) -> tuple[float, ...]:
+        """FWHM per band (µm): the record's own, else :func:`default_bandwidths_um` of its wavelengths."""
+        if self.bandwidths_um is not None:
+            return tuple(float("nan") if math.isnan(w) else b for w, b in zip(self.wavelengths_um, self.bandwidths_um))
+        return default_bandwidths_um(self.wavelengths_um)
+
+    def gsd(self) -> float:
+        """Ground sampling distance (m): the record's own, else :data:`DEFAULT_GSD_M`."""
+        return DEFAULT_GSD_M if self.gsd_m is None else float(self.gsd_m)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready record (``None`` for the nan of non-spectral bands); inverse of :meth:`from_dict`."""
+        def nan_to_none(values: Sequence[float] | None) -> list[float | None] | None:
+            return None if values is None else [None if math.isnan(v) else float(v) for v in values]
+
+        return {
+            "name": self.name,
+            "band_names": list(self.band_names),
+            "wavelengths_um": nan_to_none(self.wavelengths_um),
+            "value_scale": self.value_scale,
+            "description": self.description,
+            "bandwidths_um": nan_to_none(self.bandwidths_um),
+            "gsd_m": self.gsd_m,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "sensor record") -> "Sensor":
+        """A record from a mapping (``splits.json``, a user's sensor YAML); unknown keys are refused.
+
+        ``band_names`` may be left out (then ``B1..Bn``); ``name`` may be left out when ``source``
+        names the record; ``null`` wavelengths/bandwidths mean a non-spectral band.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: a sensor record must be a mapping, got {type(data).__name__}")
+        known = {"name", "band_names", "wavelengths_um", "value_scale", "description", "bandwidths_um", "gsd_m"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown sensor field(s) {unknown}; known: {sorted(known)}")
+        if "wavelengths_um" not in data or "value_scale" not in data:
+            raise ValueError(f"{source}: a sensor record needs `wavelengths_um` and `value_scale`")
+
+        def floats(key: str) -> tuple[float, ...] | None:
+            values = data.get(key)
+            if values is None:
+                return None
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise ValueError(f"{source}: `{key}` must be a list of numbers, got {values!r}")
+            try:
+                return tuple(float("nan") if v is None else float(v) for v in values)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: `{key}` must be a list of numbers (or null), got {list(values)!r}") from None
+
+        waves = floats("wavelengths_um") or ()
+        names = data.get("band_names")
+        band_names = tuple(str(n) for n in names) if names is not None else tuple(f"B{i + 1}" for i in range(len(waves)))
+        try:
+            scale = float(data["value_scale"])
+            gsd = None if data.get("gsd_m") is None else float(data["gsd_m"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: `value_scale` and `gsd_m` must be numbers") from None
+        try:
+            return cls(str(data.get("name", source)), band_names, waves, scale, str(data.get("description", "")),
+                       floats("bandwidths_um"), gsd)  # fmt: skip
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+# Ground sampling distance assumed when a sensor record gives none (m): Sentinel-2's 10 m, the
+# reference resolution of the remote-sensing foundation models that need one (Galileo's BASE_GSD).
+DEFAULT_GSD_M = 10.0
+# Widest bandwidth the default rule gives a band (µm): about a broadband multispectral band.
+DEFAULT_MAX_BANDWIDTH_UM = 0.060
+
+
+def default_bandwidths_um(wavelengths_um: Sequence[float]) -> tuple[float, ...]:
+    """Documented default FWHM (µm) for bands whose sensor document gives none.
+
+    Each spectral band gets the mean distance to its spectral neighbours (one neighbour at the
+    ends), capped at 0.060 µm: contiguous hyperspectral bands get their sampling interval (OHS:
+    0.014-0.020 µm), broadband multispectral bands 0.060 µm. A sensor with a single spectral band
+    gets 0.060 µm; non-spectral bands get ``nan``.
+    """
+    spectral = sorted((w, i) for i, w in enumerate(wavelengths_um) if not math.isnan(w))
+    out = [float("nan")] * len(wavelengths_um)
+    for k, (w, i) in enumerate(spectral):
+        gaps = [abs(w - spectral[j][0]) for j in (k - 1, k + 1) if 0 <= j < len(spectral)]
+        gaps = [g for g in gaps if g > 0]
+        out[i] = min(DEFAULT_MAX_BANDWIDTH_UM, sum(gaps) / len(gaps)) if gaps else DEFAULT_MAX_BANDWIDTH_UM
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SpectralBand:
+    """One band of a reference sensor: name, centre wavelength and FWHM (µm), native resolution (m)."""
+
+    name: str
+    centre_um: float
+    bandwidth_um: float
+    gsd_m: float
+
+
+# Sentinel-2A MSI, the 13 bands in their usual order (B1..B8, B8A, B9..B12): central wavelength and
+# bandwidth of ESA's Sentinel-2 Spectral Response Functions (document COPE-GSEG-EOPG-TN-15-0007,
+# v3.0, S2A columns) and the spatial resolutions of the Sentinel-2 User Handbook (ESA, 2015).
+SENTINEL2_BANDS: tuple[SpectralBand, ...] = (
+    SpectralBand("B1", 0.4427, 0.021, 60.0),
+    SpectralBand("B2", 0.4924, 0.066, 10.0),
+    SpectralBand("B3", 0.5598, 0.036, 10.0),
+    SpectralBand("B4", 0.6646, 0.031, 10.0),
+    SpectralBand("B5", 0.7041, 0.015, 20.0),
+    SpectralBand("B6", 0.7405, 0.015, 20.0),
+    SpectralBand("B7", 0.7828, 0.020, 20.0),
+    SpectralBand("B8", 0.8328, 0.106, 10.0),
+    SpectralBand("B8A", 0.8647, 0.021, 20.0),
+    SpectralBand("B9", 0.9451, 0.020, 60.0),
+    SpectralBand("B10", 1.3735, 0.031, 60.0),
+    SpectralBand("B11", 1.6137, 0.091, 20.0),
+    SpectralBand("B12", 2.2024, 0.175, 20.0),
+)
+SENTINEL2_BAND_INDEX: dict[str, int] = {b.name: i for i, b in enumerate(SENTINEL2_BANDS)}
 
 
 _NAN = float("nan")
@@ -69,30 +219,59 @@ _OHS_WAVELENGTHS = (
     0.926, 0.940,
 )  # fmt: skip
 
+# Bandwidths (FWHM, µm) and ground sampling distances of the built-in products, from public documents:
+# * GF-1 / GF-2 PMS multispectral: 0.45-0.52, 0.52-0.59, 0.63-0.69, 0.77-0.89 µm (CRESDA satellite pages);
+#   GF-2 MS as distributed in Five-Billion-Pixels: 4 m, GF-1 MS: 8 m (FBP paper, Tong et al. 2023).
+# * PlanetScope PS2 (Dove Classic): blue 455-515, green 500-590, red 590-670, NIR 780-860 nm (Planet
+#   Imagery Product Specifications); 3 m (FBP paper).
+# * Sentinel-2: SENTINEL2_BANDS above; the 10 m bands.
+# * OHS (Zhuhai-1): 10 m (WHU-OHS paper). No public document gives its bandwidths: the record leaves
+#   them to default_bandwidths_um (the band spacing, 0.014-0.020 µm) — UNVERIFIED.
+# * FLAIR #1 (IGN BD ORTHO aerial): 0.2 m (FLAIR #1 datapaper); the camera's bandwidths are not
+#   published: default rule. ISPRS Potsdam 5 cm, Vaihingen 9 cm (ISPRS benchmark pages): bandwidths
+#   not published: default rule. Plain RGB (LoveDA 0.3 m, OpenEarthMap 0.25-0.5 m): GSD left unknown.
+_GF_PMS_BW = {"B": 0.07, "G": 0.07, "R": 0.06, "NIR": 0.12}
+_PS2_BW = {"B": 0.06, "G": 0.09, "R": 0.08, "NIR": 0.08}
+_S2 = {b.name: b for b in SENTINEL2_BANDS}
+
+
+def _bw(table: dict[str, float], names: Sequence[str]) -> tuple[float, ...]:
+    return tuple(table[n] for n in names)
+
+
 # GF-2 / GF-1 PMS, Sentinel-2 and PlanetScope as stored in the FBP "Image__8bit_NirRGB" products: NIR,R,G,B.
 # Centre wavelengths of the GF-2 product follow the DOFA wave list used by the authors.
 _BUILTIN = (
     Sensor("gf2", ("NIR", "R", "G", "B"), (0.830, 0.665, 0.560, 0.490), 255.0,
-           "GF-2 PMS 8-bit product of Five-Billion-Pixels (Image__8bit_NirRGB), band order NIR,R,G,B"),
+           "GF-2 PMS 8-bit product of Five-Billion-Pixels (Image__8bit_NirRGB), band order NIR,R,G,B",
+           _bw(_GF_PMS_BW, ("NIR", "R", "G", "B")), 4.0),
     Sensor("gf2-16bit", ("B", "G", "R", "NIR"), (0.490, 0.560, 0.665, 0.830), 1023.0,
-           "GF-2 PMS 16-bit product of Five-Billion-Pixels (Image_16bit_BGRNir, 10-bit values), B,G,R,NIR"),
+           "GF-2 PMS 16-bit product of Five-Billion-Pixels (Image_16bit_BGRNir, 10-bit values), B,G,R,NIR",
+           _bw(_GF_PMS_BW, ("B", "G", "R", "NIR")), 4.0),
     Sensor("gf1", ("NIR", "R", "G", "B"), (0.830, 0.660, 0.555, 0.485), 255.0,
-           "GF-1 PMS as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B"),
+           "GF-1 PMS as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B",
+           _bw(_GF_PMS_BW, ("NIR", "R", "G", "B")), 8.0),
     Sensor("sentinel2", ("B8", "B4", "B3", "B2"), (0.842, 0.665, 0.560, 0.490), 255.0,
-           "Sentinel-2 10 m bands as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B"),
+           "Sentinel-2 10 m bands as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B",
+           tuple(_S2[n].bandwidth_um for n in ("B8", "B4", "B3", "B2")), 10.0),
+    Sensor("sentinel2-l1c", tuple(b.name for b in SENTINEL2_BANDS), tuple(b.centre_um for b in SENTINEL2_BANDS),
+           10000.0, "Sentinel-2 L1C top-of-atmosphere reflectance x 10000, all 13 bands B1..B12 (B8A after B8), "
+           "resampled to 10 m", tuple(b.bandwidth_um for b in SENTINEL2_BANDS), 10.0),
     Sensor("planetscope", ("NIR", "R", "G", "B"), (0.820, 0.630, 0.545, 0.485), 255.0,
-           "PlanetScope 4-band (PS2) as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B"),
+           "PlanetScope 4-band (PS2) as re-saved in C-megacities (Image__8bit_NirRGB), NIR,R,G,B",
+           _bw(_PS2_BW, ("NIR", "R", "G", "B")), 3.0),
     Sensor("ohs", tuple(f"B{i + 1:02d}" for i in range(32)), _OHS_WAVELENGTHS, 10000.0,
-           "Orbita OHS hyperspectral (WHU-OHS), 32 bands 0.466-0.940 µm, reflectance x 10000"),
+           "Orbita OHS hyperspectral (WHU-OHS), 32 bands 0.466-0.940 µm, reflectance x 10000", None, 10.0),
     Sensor("flair", ("R", "G", "B", "NIR"), (0.665, 0.560, 0.490, 0.830), 255.0,
-           "FLAIR #1 aerial orthophoto, first four bands R,G,B,NIR (as the paper uses)"),
+           "FLAIR #1 aerial orthophoto, first four bands R,G,B,NIR (as the paper uses)", None, 0.2),
     Sensor("flair-elevation", ("R", "G", "B", "NIR", "Elevation"), (0.665, 0.560, 0.490, 0.830, _NAN), 255.0,
-           "FLAIR #1 aerial orthophoto with its fifth, non-spectral elevation band"),
-    Sensor("potsdam-rgb", ("R", "G", "B"), (0.665, 0.560, 0.490), 255.0, "ISPRS Potsdam 2_Ortho_RGB, R,G,B"),
+           "FLAIR #1 aerial orthophoto with its fifth, non-spectral elevation band", None, 0.2),
+    Sensor("potsdam-rgb", ("R", "G", "B"), (0.665, 0.560, 0.490), 255.0, "ISPRS Potsdam 2_Ortho_RGB, R,G,B",
+           None, 0.05),
     Sensor("potsdam-rgbir", ("R", "G", "B", "NIR"), (0.665, 0.560, 0.490, 0.830), 255.0,
-           "ISPRS Potsdam 4_Ortho_RGBIR, R,G,B,NIR"),
+           "ISPRS Potsdam 4_Ortho_RGBIR, R,G,B,NIR", None, 0.05),
     Sensor("vaihingen", ("NIR", "R", "G"), (0.830, 0.665, 0.560), 255.0,
-           "ISPRS Vaihingen IRRG false colour, NIR,R,G (no blue band)"),
+           "ISPRS Vaihingen IRRG false colour, NIR,R,G (no blue band)", None, 0.09),
     Sensor("rgb", ("R", "G", "B"), (0.665, 0.560, 0.490), 255.0, "plain 8-bit RGB (LoveDA, OpenEarthMap, photos)"),
 )  # fmt: skip
 
@@ -105,6 +284,33 @@ def get_sensor(name: str) -> Sensor:
         return SENSORS[name]
     except KeyError:
         raise KeyError(f"unknown sensor {name!r}; built-in sensors: {', '.join(sorted(SENSORS))}") from None
+
+
+def load_sensor(name_or_path: str | os.PathLike[str]) -> Sensor:
+    """A built-in sensor by name, or a user's sensor record from a YAML/JSON file.
+
+    The file holds the fields of :meth:`Sensor.from_dict` (``wavelengths_um`` and ``value_scale``
+    required; ``band_names``, ``bandwidths_um``, ``gsd_m``, ``description`` optional); the record's
+    name defaults to the file's stem. Read with ``yaml.safe_load``: a file never runs code.
+    """
+    text = os.fspath(name_or_path)
+    if text in SENSORS:
+        return SENSORS[text]
+    path = Path(text)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json") and not path.is_file():
+        raise KeyError(f"unknown sensor {text!r}; built-in sensors: {', '.join(sorted(SENSORS))} "
+                       "(or give a sensor YAML file)")  # fmt: skip
+    if not path.is_file():
+        raise FileNotFoundError(f"sensor file {path} does not exist")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"sensor file {path}: not valid YAML/JSON ({error})") from None
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {**data, "name": path.stem}
+    return Sensor.from_dict(data, source=f"sensor file {path}")
 
 
 def as_wavelength_list(wavelengths: Sequence[float] | torch.Tensor) -> list[float]:

@@ -17,7 +17,6 @@ rerun skips them (resumable).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -74,15 +73,7 @@ class PreparedIndex:
             "classes": list(self.classes),
             "palette": [list(c) for c in self.palette],
             "ignore_index": IGNORE_INDEX,
-            "sensors": {
-                name: {
-                    "band_names": list(s.band_names),
-                    "wavelengths_um": [None if math.isnan(w) else w for w in s.wavelengths_um],
-                    "value_scale": s.value_scale,
-                    "description": s.description,
-                }
-                for name, s in self.sensors.items()
-            },
+            "sensors": {name: {k: v for k, v in s.to_dict().items() if k != "name"} for name, s in self.sensors.items()},
             "options": self.options,
             "tiles": [asdict(t) for t in self.tiles],
         }
@@ -93,14 +84,8 @@ class PreparedIndex:
             raise ValueError(f"{source}: not a prepared-benchmark index (format {data.get('format')!r}, want {FORMAT!r})")
         try:
             sensors = {
-                name: Sensor(
-                    name,
-                    tuple(s["band_names"]),
-                    tuple(float("nan") if w is None else float(w) for w in s["wavelengths_um"]),
-                    float(s["value_scale"]),
-                    s.get("description", ""),
-                )
-                for name, s in data["sensors"].items()
+                name: Sensor.from_dict({**record, "name": name}, source=f"{source}: sensor {name!r}")
+                for name, record in data["sensors"].items()
             }
             tiles = [TileRecord(**t) for t in data["tiles"]]
             index = cls(
