@@ -319,6 +319,16 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "teacher",
 _WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
+def _torch_load(path: str | os.PathLike) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: holds objects other than tensors (a training checkpoint with optimizer/args?); "
+            "re-save only its model state dict"
+        ) from err
+
+
 def read_state_file(path: str | os.PathLike, *, strip_prefixes: Sequence[str] = _WRAPPER_PREFIXES
                     ) -> dict[str, torch.Tensor]:  # fmt: skip
     """A foreign ``.pth``/``.pt`` → a flat state dict of float tensors (untrusted file: tensors only).
@@ -326,13 +336,12 @@ def read_state_file(path: str | os.PathLike, *, strip_prefixes: Sequence[str] = 
     Unwraps ``model`` / ``state_dict`` / ``model_state_dict`` / ``module`` containers and strips the
     ``module.`` / ``backbone.`` / ``encoder.`` prefixes of DDP and wrapper modules.
     """
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: holds objects other than tensors (a training checkpoint with optimizer/args?); "
-            "re-save only its model state dict"
-        ) from err
+    if str(path).endswith(".safetensors"):  # e.g. timm's hub files: the same keys, a safe container
+        from safetensors.torch import load_file
+
+        raw = {k: v.clone() for k, v in load_file(str(path), device="cpu").items()}
+    else:
+        raw = _torch_load(path)
     state = raw
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -450,17 +459,31 @@ def locate_weights(
     path = Path(weights)
     if path.is_file():
         if path.name == "model.safetensors":
-            return "folder", path.parent
-        if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            return _folder_or_foreign(path.parent, model_type)
+        if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
             return "official", path
         raise ValueError(f"{path}: expected an official .pth/.pt file or a folder with model.safetensors")
     if path.is_dir():
-        return "folder", path
+        return _folder_or_foreign(path, model_type)
     text = str(weights)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
         if text == hub_repo and hub_file is not None:
             return "official", hub_download(text, hub_file)
         config_path = hub_download(text, "config.json")
         hub_download(text, "model.safetensors")
-        return "folder", Path(config_path).parent
+        return _folder_or_foreign(Path(config_path).parent, model_type)
     raise FileNotFoundError(f"{family} weights {text!r}: no such file or folder, and not a hub id (owner/name)")
+
+
+def _folder_or_foreign(folder: Path, model_type: str) -> tuple[str, Path]:
+    """Our folder (its config.json names ``model_type``) or another library's hub folder (timm's: a
+    ``model.safetensors`` in the released key layout next to a config without ``model_type``)."""
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    if config_file.is_file() and weights_file.is_file():
+        try:
+            values = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            values = None
+        if isinstance(values, dict) and "model_type" not in values and "architecture" in values:
+            return "official", weights_file
+    return "folder", folder
