@@ -337,8 +337,7 @@ class CopernicusFMBackbone(FrozenBackbone):
             self.in_bandwidths = self._check_bandwidths(widths, self.in_wavelengths)
         elif in_bandwidths is not None:
             raise ValueError(f"{self.name}: in_bandwidths were given without in_wavelengths")
-        self.gsd_m = None if gsd_m is None or math.isnan(float(gsd_m)) else float(gsd_m)
-        self.area_km2 = self._area_for(self.gsd_m)
+        self.set_gsd(gsd_m)
         self._warned_layouts: set[tuple[float, ...]] = set()
         self.gradient_checkpointing = gradient_checkpointing
         self.freeze()
@@ -350,6 +349,11 @@ class CopernicusFMBackbone(FrozenBackbone):
     @property
     def config(self) -> CopernicusFMConfig:
         return self.model.config
+
+    def set_gsd(self, gsd_m: float | None) -> None:
+        """Describe inputs of another ground sampling distance (m; None → unknown), e.g. a scene to predict."""
+        self.gsd_m = None if gsd_m is None or math.isnan(float(gsd_m)) else float(gsd_m)
+        self.area_km2 = self._area_for(self.gsd_m)
 
     def _area_for(self, gsd_m: float | None) -> float | None:
         if gsd_m is None:
