@@ -454,7 +454,10 @@ class CopernicusFMBackbone(FrozenBackbone):
         metadata: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:  # fmt: skip
         """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        tokens, grid = self.embed(image, wavelengths, metadata)
+        from spectralmoe.models.segmentor import _exact_patch_embedding  # torch's CPU bf16 patchify bug
+
+        with _exact_patch_embedding(image):
+            tokens, grid = self.embed(image, wavelengths, metadata)
         maps: dict[int, torch.Tensor] = {}
         for index in range(max(self.out_indices) + 1):
             tokens = self.run_block(index, tokens, grid)

@@ -458,7 +458,10 @@ class EVA02Backbone(FrozenBackbone):
         self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
     ) -> list[torch.Tensor]:
         """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        tokens, grid = self.embed(image, wavelengths)
+        from spectralmoe.models.segmentor import _exact_patch_embedding  # torch's CPU bf16 patchify bug
+
+        with _exact_patch_embedding(image):
+            tokens, grid = self.embed(image, wavelengths)
         maps: dict[int, torch.Tensor] = {}
         for index in range(max(self.out_indices) + 1):
             tokens = self.run_block(index, tokens, grid)
