@@ -441,6 +441,7 @@ def predict_scene(
     progress: bool = True,
     band_tolerance_um: float = BAND_TOLERANCE_UM,
     gdal_cache_mb: int = GDAL_CACHE_MB,
+    gsd_m: float | None = None,
 ) -> PredictionSummary:
     """Segment a whole raster and write a georeferenced class map (see the module docstring for the
     tiling, blending and the memory bound).
@@ -471,6 +472,8 @@ def predict_scene(
         band_tolerance_um: how far an input band may be from a model band's wavelength.
         gdal_cache_mb: GDAL's block cache while reading the input and writing the outputs (part of the
             memory bound; larger only helps inputs with blocks much taller than the tile overlap).
+        gsd_m: ground sampling distance (m) of the scene, for backbones that use one (Copernicus-FM's
+            patch-area token); default: the model's own (its training data's). Ignored, with a note, by the others.
 
     Returns:
         A ``PredictionSummary``.
@@ -516,6 +519,13 @@ def predict_scene(
 
     model = source.load(backbone_weights=backbone_weights, depth_weights=depth_weights, pretrained=pretrained)
     model = model.to(run_device).eval()
+    if gsd_m is not None:
+        set_gsd = getattr(model.backbone, "set_gsd", None)
+        if set_gsd is None:
+            notes.append(f"gsd_m={gsd_m:g} ignored: backbone {type(model.backbone).__name__} uses no GSD")
+            warnings.warn(notes[-1], stacklevel=2)
+        else:
+            set_gsd(float(gsd_m))
     if model.num_bands != len(bands):
         raise BandMismatchError(f"{where}: the model expects {model.num_bands} bands, {len(bands)} were matched")
     layer = None
@@ -747,6 +757,9 @@ def add_predict_scene_parser(subparsers: argparse._SubParsersAction) -> argparse
     bands.add_argument("--sensor", default=None, help="sensor of the input (its band wavelengths), e.g. gf2-16bit")
     bands.add_argument("--wavelengths", nargs="+", default=None, metavar="UM",
                        help="centre wavelengths (µm) of the input's bands in file order (nan = non-spectral)")
+    p.add_argument("--gsd", dest="gsd_m", type=float, default=None, metavar="M",
+                   help="ground sampling distance of the scene in metres, for backbones that use one (Copernicus-FM); "
+                   "default: the model's training GSD")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -777,7 +790,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device, precision=precision,
         probabilities=args.probabilities, routing=args.routing, routing_layer=args.routing_layer,
         preview=args.preview, overviews=args.overviews, backbone_weights=args.backbone_weights,
-        depth_weights=args.depth_weights, pretrained=args.pretrained, progress=not args.quiet,
+        depth_weights=args.depth_weights, pretrained=args.pretrained, progress=not args.quiet, gsd_m=args.gsd_m,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

@@ -54,3 +54,16 @@ def test_params_compare_prints_one_row_per_method(capsys):
     assert len(rows) == 10  # header + 9 methods
     assert "| spectralmoe | 5,737,985 | 5.74 M |" in rows
     assert "| lora | 786,432 | 0.79 M |" in rows
+
+
+@pytest.mark.parametrize("backbone, frozen, same_size", [
+    ("eva02-vitl16", 303_453_120, "dinov3-vitl16"),  # the p14to16 file's count (tests/models/test_eva02.py)
+    ("softcon-vitb14", 87_230_976 + 768 * 13 * 60, "dinov3-vitb16"),  # released ViT-B/14 + kernel resized 14 → 16
+    ("copernicusfm-vitb16", 113_084_672, "dinov3-vitb16"),  # released ViT-B/16 without the language hypernetwork
+])  # fmt: skip
+def test_params_on_the_backbones_written_for_the_paper_tables(capsys, backbone, frozen, same_size):
+    report = run_params(capsys, "--backbone", backbone, "--adapter", "spectralmoe")
+    assert report["backbone_frozen"] == frozen
+    # The adapter depends on width and depth only: as on the DINOv3 of the same size (5,737,985 at ViT-L).
+    assert report["method_trainable"] == run_params(capsys, "--backbone", same_size, "--adapter", "spectralmoe")[
+        "method_trainable"]

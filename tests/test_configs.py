@@ -97,7 +97,8 @@ def tiny_task_file(task_name: str, folder: Path, **fields: Any) -> Path:
 #: Test-sized stand-ins of the hub backbones (random weights, no download).
 TINY_BACKBONES = {
     "dinov3-vitl16": "tiny-dinov3", "dinov2-vitl14": "tiny-dinov2", "clip-vitl14": "tiny-clip",
-    "sam-vith": "tiny-sam", "dofa-vitl": "tiny-dofa",
+    "sam-vith": "tiny-sam", "dofa-vitl": "tiny-dofa", "eva02-vitl16": "tiny-eva02", "softcon-vitb14": "tiny-softcon",
+    "copernicusfm-vitb16": "tiny-copernicusfm",
 }  # fmt: skip
 _TOKENS = {"token_length": 8, "query_dim": 32, "rank": 4}
 #: Size options of each method, merged over the method file's own options (which are kept: E=3 stays 3).
@@ -105,21 +106,23 @@ TINY_ADAPTER_OPTIONS: dict[str, dict[str, Any] | None] = {
     "spectralmoe": _TOKENS, "rein": _TOKENS, "depthforge": _TOKENS, "set": _TOKENS, "fada": _TOKENS,
     "lora": {"rank": 2}, "adaptformer": {"bottleneck": 8}, "vpt": {"num_prompts": 4}, "freeze": None,
 }  # fmt: skip
+TINY_FPN = {"channels": 16}
 TINY_HEAD = {"hidden_dim": 32, "decoder_layers": 1, "encoder_layers": 1, "num_heads": 2, "train_num_points": 64,
              "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8}  # fmt: skip
 
 
-def tiny_model_args(method_file: Path) -> list[str]:
+def tiny_model_args(method_file: Path, backbone: str | None = None, head: str = "mask2former") -> list[str]:
     """``--model.*`` overrides that shrink the method file's model (backbone, depth, adapter, head) to
-    test size while keeping every option the file sets."""
+    test size while keeping every option the file sets; ``backbone`` swaps in another hub backbone,
+    ``head="fpn"`` the light head."""
     model = yaml.safe_load(method_file.read_text())["model"]
     tiny = TINY_ADAPTER_OPTIONS[model["adapter"]]
     adapter_options = None if tiny is None else {**(model.get("adapter_options") or {}), **tiny}
-    head_options = {**(model.get("head_options") or {}), **TINY_HEAD}
+    head_options = {**(model.get("head_options") or {}), **TINY_HEAD} if head == "mask2former" else TINY_FPN
     return [
-        "--model.backbone", TINY_BACKBONES[model["backbone"]], "--model.depth", "tiny-depth-anything",
+        "--model.backbone", TINY_BACKBONES[backbone or model["backbone"]], "--model.depth", "tiny-depth-anything",
         "--model.pretrained", "false", "--model.adapter_options", json.dumps(adapter_options),
-        "--model.head_options", json.dumps(head_options),
+        "--model.head", head, "--model.head_options", json.dumps(head_options),
     ]  # fmt: skip
 
 
@@ -165,10 +168,18 @@ def test_one_task_file_per_dg_task_with_the_recipe():
 # DINOv3-L (DOFA-L for WHU-OHS, so every method also has a DOFA-L file); the backbone table runs Freeze,
 # Rein and SpectralMoE on each frozen backbone; the PEFT table is the DINOv3-L column of methods.
 METHODS = ["freeze", "lora", "adaptformer", "vpt", "set", "fada", "rein", "depthforge", "spectralmoe"]
+#: Backbones written for issue 12: their paper rows (EVA02-L in the backbone table with Freeze/SET/FADA/Rein/
+#: DepthForge/SpectralMoE; SoftCon and Copernicus-FM frozen + Mask2Former in the main table).
+NEW_BACKBONES = ("eva02-vitl16", "softcon-vitb14", "copernicusfm-vitb16")
 EXPECTED_METHOD_FILES = (
     {f"{m}_dinov3-vitl16" for m in METHODS} | {f"{m}_dofa-vitl" for m in METHODS} | {"spectralmoe-e3_dinov3-vitl16"}
     | {f"{m}_{b}" for m in ("freeze", "rein", "spectralmoe") for b in ("dinov2-vitl14", "clip-vitl14", "sam-vith")}
+    | {f"{m}_eva02-vitl16" for m in ("freeze", "set", "fada", "rein", "depthforge", "spectralmoe")}
+    | {"freeze_softcon-vitb14", "freeze_copernicusfm-vitb16"}
 )  # fmt: skip
+#: The every-task run covers the backbones before issue 12; the new ones run every method × both heads on
+#: one task (``test_every_method_trains_on_the_new_backbones``), which keeps the suite's time.
+ALL_TASK_METHOD_FILES = [p for p in METHOD_FILES if p.stem.split("_")[1] not in NEW_BACKBONES]
 
 
 def test_method_files_cover_the_paper_tables():
@@ -226,7 +237,7 @@ def fake_roots(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     return {name: (make_prepared_root(name, base / name), tiny_task_file(name, base)) for name in DG_TASKS}
 
 
-@pytest.mark.parametrize("method_file", METHOD_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method_file", ALL_TASK_METHOD_FILES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("task_file", TASK_FILES, ids=lambda p: p.stem)
 def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roots, tmp_path, four_block_tiny_dofa):
     """Two steps of ``spectralmoe fit -c TASK -c METHOD`` with tiny models on the task's fake benchmark.
@@ -255,3 +266,43 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
     if validate:
         report = json.loads((tmp_path / "metrics_val_epoch1_step2.json").read_text())
         assert len(report["domains"]) == 2  # validated on both target domains
+
+
+# ---------------------------------------------------------------- the backbones of issue 12, one task
+NEW_BACKBONE_TASK = "fbp-cross-sensor"  # GF-2 source (NIR,R,G,B, 4 m, bandwidths on record), GF-1/PlanetScope targets
+
+
+@pytest.mark.parametrize("head", ["mask2former", "fpn"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backbone", NEW_BACKBONES)
+def test_every_method_trains_on_the_new_backbones(backbone, method, head, fake_roots, tmp_path):
+    """Every method × both heads on EVA02-L, SoftCon and Copernicus-FM stand-ins: two steps of ``spectralmoe fit``
+    on one task (the backbone's own method file where the paper has the row, else the DINOv3-L one with the
+    backbone swapped). The SpectralMoE runs also validate on both target domains. The source sensor's
+    bandwidths and GSD reach the model and its export."""
+    own = CONFIGS / "methods" / f"{method}_{backbone}.yaml"
+    method_file = own if own.is_file() else CONFIGS / "methods" / f"{method}_dinov3-vitl16.yaml"
+    task_file = CONFIGS / "tasks" / f"{NEW_BACKBONE_TASK}.yaml"
+    root, tiny_task = fake_roots[NEW_BACKBONE_TASK]
+    validate = method == "spectralmoe"
+    code = main([
+        "fit", "-c", str(task_file), "-c", str(method_file), *tiny_model_args(method_file, backbone, head),
+        "--data.root", str(root), "--data.task", str(tiny_task), "--data.batch_size", "2",
+        "--data.eval_batch_size", "2", "--data.num_workers", "0",
+        *cpu_trainer_args(max_steps=2, val_check_interval=2, limit_val_batches=1.0 if validate else 0,
+                          logger=False, default_root_dir=str(tmp_path)),
+        "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--export.dirpath", str(tmp_path),
+        "--model.metrics_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    export = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    assert export["metadata"]["step"] == 2
+    build = export["build"]
+    assert (build["backbone"], build["adapter"], build["head"]) == (TINY_BACKBONES[backbone], method, head)
+    gf2 = get_sensor("gf2")
+    assert build["gsd_m"] == gf2.gsd_m == 4.0 and build["in_bandwidths"] == list(gf2.bandwidths())
+    weights = load_file(tmp_path / "export" / WEIGHTS_FILE)
+    assert weights and all(bool(t.isfinite().all()) for t in weights.values())
+    if validate:
+        report = json.loads((tmp_path / "metrics_val_epoch1_step2.json").read_text())
+        assert len(report["domains"]) == 2

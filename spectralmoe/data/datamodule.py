@@ -334,16 +334,30 @@ class DGDataModule(L.LightningDataModule):
             self._index = PreparedIndex.load(self.root)
         return self._index
 
-    @property
-    def wavelengths(self) -> torch.Tensor:
-        """Centre wavelengths (µm, float32 ``[C]``) of the first source sensor — the band layout the
-        model is built for; the prepared root's record wins over the built-in sensor table."""
+    def _source_sensor(self) -> Any:
+        """The first source sensor's record; the prepared root's record wins over the built-in table."""
         name = self.task.source_sensors[0]
         sensor = self.index.sensors.get(name) if self.root.joinpath("splits.json").is_file() else None
         sensor = sensor or SENSORS.get(name)
         if sensor is None:
             raise KeyError(f"task {self.task.name!r}: source sensor {name!r} is neither in {self.root} nor built in")
-        return sensor.wavelength_tensor()
+        return sensor
+
+    @property
+    def wavelengths(self) -> torch.Tensor:
+        """Centre wavelengths (µm, float32 ``[C]``) of the first source sensor — the band layout the
+        model is built for."""
+        return self._source_sensor().wavelength_tensor()
+
+    @property
+    def bandwidths(self) -> list[float]:
+        """FWHM (µm) of the first source sensor's bands (``Sensor.bandwidths()``: its record's, else the default rule)."""
+        return list(self._source_sensor().bandwidths())
+
+    @property
+    def gsd_m(self) -> float:
+        """Ground sampling distance (m) of the first source sensor (``Sensor.gsd()``: its record's, else 10 m)."""
+        return self._source_sensor().gsd()
 
     @property
     def target_domains(self) -> list[str]:

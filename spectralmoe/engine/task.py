@@ -68,7 +68,8 @@ from spectralmoe.models.segmentor import Segmentor
 __all__ = ["SegmentationTask"]
 
 _PREFIX = "segmentor."
-_DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "pixel_mean", "pixel_std", "value_scale")
+_DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "in_bandwidths", "gsd_m", "pixel_mean",
+                "pixel_std", "value_scale")  # fmt: skip
 
 
 class SegmentationTask(L.LightningModule):
@@ -119,6 +120,11 @@ class SegmentationTask(L.LightningModule):
         class_names: class names (default: the datamodule's ``classes``).
         palette: one ``[r, g, b]`` per class (default: the datamodule's).
         wavelengths: centre wavelengths (µm) of the input bands (default: the datamodule's).
+        in_bandwidths: FWHM (µm) of the input bands, null for a non-spectral band (default: the
+            datamodule's source sensor record, else ``spectralmoe.bands.default_bandwidths_um``); used by
+            Copernicus-FM's kernels and SoftCon's slot matching.
+        gsd_m: ground sampling distance (m) of the input (default: the datamodule's source sensor record,
+            else 10 m); used by Copernicus-FM's patch-area token.
         pixel_mean: per-band mean in raw units (default: the datamodule's).
         pixel_std: per-band std in raw units (default: the datamodule's).
         value_scale: raw value of full brightness (default: the datamodule's).
@@ -157,6 +163,8 @@ class SegmentationTask(L.LightningModule):
         class_names: list[str] | None = None,
         palette: list[tuple[int, int, int]] | None = None,
         wavelengths: list[float] | None = None,
+        in_bandwidths: list[float | None] | None = None,
+        gsd_m: float | None = None,
         pixel_mean: list[float] | None = None,
         pixel_std: list[float] | None = None,
         value_scale: float | None = None,
@@ -197,7 +205,8 @@ class SegmentationTask(L.LightningModule):
             for field, attribute in (("num_classes", "num_classes"), ("class_names", "classes"),
                                      ("palette", "palette"), ("wavelengths", "wavelengths"),
                                      ("pixel_mean", "pixel_mean"), ("pixel_std", "pixel_std"),
-                                     ("value_scale", "value_scale")):  # fmt: skip
+                                     ("value_scale", "value_scale"), ("in_bandwidths", "bandwidths"),
+                                     ("gsd_m", "gsd_m")):  # fmt: skip
                 value = getattr(dm, attribute, None)
                 if value is None:
                     continue
@@ -209,8 +218,10 @@ class SegmentationTask(L.LightningModule):
                     value = [str(v) for v in value]
                 elif field == "palette":
                     value = [[int(c) for c in colour] for colour in value]
-                elif field == "value_scale":
+                elif field in ("value_scale", "gsd_m"):
                     value = float(value)
+                elif field == "in_bandwidths":  # JSON-safe: null for a non-spectral band
+                    value = [None if math.isnan(float(v)) else round(float(v), 6) for v in value]
                 else:
                     value = [round(float(v), 6) for v in value]
                 found[field] = value
@@ -247,6 +258,8 @@ class SegmentationTask(L.LightningModule):
             "head_kwargs": dict(hp.head_options or {}),
             "num_classes": hp.num_classes,
             "wavelengths": None if hp.wavelengths is None else [float(w) for w in hp.wavelengths],
+            "in_bandwidths": None if hp.get("in_bandwidths") is None else list(hp.in_bandwidths),
+            "gsd_m": None if hp.get("gsd_m") is None else float(hp.gsd_m),
             "pixel_mean": None if hp.pixel_mean is None else [float(v) for v in hp.pixel_mean],
             "pixel_std": None if hp.pixel_std is None else [float(v) for v in hp.pixel_std],
             "value_scale": None if hp.value_scale is None else float(hp.value_scale),

@@ -6,9 +6,10 @@ width, depth width for the depth projection, Mask2Former queries = adapter token
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
-from spectralmoe.bands import RGB_TARGETS_UM, get_sensor
+from spectralmoe.bands import DEFAULT_GSD_M, RGB_TARGETS_UM, default_bandwidths_um, get_sensor
 from spectralmoe.models.adapters import adapter_uses_depth, build_adapter
 from spectralmoe.models.backbones import build_backbone
 from spectralmoe.models.depth import build_depth_encoder
@@ -30,6 +31,30 @@ def resolve_wavelengths(sensor: str | None, wavelengths: Sequence[float] | None)
     return list(RGB_TARGETS_UM), 255.0
 
 
+def resolve_band_metadata(
+    sensor: str | None,
+    wavelengths: Sequence[float],
+    bandwidths: Sequence[float | None] | None,
+    gsd_m: float | None,
+) -> tuple[list[float], float]:
+    """Bandwidths (FWHM, µm, one per band) and GSD (m) of the input: the ones given, else the sensor
+    record's (``Sensor.bandwidths()`` / ``Sensor.gsd()``), else the documented defaults
+    (``default_bandwidths_um`` of the wavelengths, ``DEFAULT_GSD_M``). ``None`` entries (JSON for a
+    non-spectral band) become nan."""
+    record = get_sensor(sensor) if sensor is not None else None
+    if bandwidths is None:
+        widths = list(record.bandwidths() if record is not None else default_bandwidths_um(wavelengths))
+    else:
+        widths = [math.nan if b is None else float(b) for b in bandwidths]
+    if len(widths) != len(wavelengths):
+        raise ValueError(f"{len(widths)} bandwidths {widths} for {len(wavelengths)} bands (wavelengths {list(wavelengths)})")
+    if gsd_m is None:
+        gsd_m = record.gsd() if record is not None else DEFAULT_GSD_M
+    if not (math.isfinite(float(gsd_m)) and float(gsd_m) > 0):
+        raise ValueError(f"gsd_m must be a positive number of metres, got {gsd_m}")
+    return widths, float(gsd_m)
+
+
 def build_segmentor(
     *,
     backbone: str,
@@ -39,6 +64,8 @@ def build_segmentor(
     depth: str | None = DEFAULT_DEPTH,
     sensor: str | None = None,
     wavelengths: Sequence[float] | None = None,
+    in_bandwidths: Sequence[float | None] | None = None,
+    gsd_m: float | None = None,
     pretrained: bool = True,
     backbone_weights: str | None = None,
     depth_weights: str | None = None,
@@ -56,16 +83,22 @@ def build_segmentor(
 
     ``pretrained=False`` builds every frozen model with random weights (tests, parameter counts on
     the meta device); otherwise weights load with ``from_pretrained(weights or the preset's hub id)``.
+    ``in_bandwidths`` (FWHM, µm, per band) and ``gsd_m`` (m) describe the input for the backbones that
+    use them (Copernicus-FM, SoftCon); None → the sensor's, else the documented defaults
+    (:func:`resolve_band_metadata`).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     band_wavelengths, sensor_scale = resolve_wavelengths(sensor, wavelengths)
+    band_widths, band_gsd = resolve_band_metadata(sensor, band_wavelengths, in_bandwidths, gsd_m)
     adapter_kwargs = dict(adapter_kwargs or {})
     head_kwargs = dict(head_kwargs or {})
 
     frozen = build_backbone(
         backbone,
         in_wavelengths=band_wavelengths,
+        in_bandwidths=band_widths,
+        gsd_m=band_gsd,
         pretrained=pretrained,
         weights=backbone_weights,
         out_indices=out_indices,

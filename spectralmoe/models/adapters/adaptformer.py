@@ -20,7 +20,8 @@ family             pre-hook on     output hook on
 =================  ==============  ====================
 DINOv2, DINOv3     ``norm2``       ``layer_scale2``
 CLIP, SAM          ``layer_norm2`` ``mlp``
-DOFA               ``norm2``       ``mlp``
+DOFA, Copernicus   ``norm2``       ``mlp``
+EVA-02             ``norm2``       ``mlp``
 =================  ==============  ====================
 
 The stored input is consumed by the output hook of the same call, so activation checkpointing
@@ -53,6 +54,7 @@ ADAPTFORMER_SITES: dict[str, dict[str, str]] = {
     "clip": {"input": "layer_norm2", "output": "mlp"},
     "sam": {"input": "layer_norm2", "output": "mlp"},
     "dofa": {"input": "norm2", "output": "mlp"},
+    "eva02": {"input": "norm2", "output": "mlp"},
 }
 
 

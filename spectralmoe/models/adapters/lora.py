@@ -15,7 +15,8 @@ family                  q / k / v                        o
 ======================  ===============================  =================
 DINOv2, DINOv3          ``attention.{q,k,v}_proj``       ``attention.o_proj``
 CLIP                    ``self_attn.{q,k,v}_proj``       ``self_attn.out_proj``
-SAM, DOFA               ``attn.qkv`` (fused, D → 3D)     ``attn.proj``
+SAM, DOFA, Copernicus   ``attn.qkv`` (fused, D → 3D)     ``attn.proj``
+EVA-02                  ``attn.{q,k,v}_proj``            ``attn.proj``
 ======================  ===============================  =================
 
 **Fused qkv (SAM, DOFA).** A fused projection cannot take separate q and v updates with peft, so
@@ -52,6 +53,7 @@ PEFT_ADAPTER_NAME = "default"
 _SPLIT_DINO = {"q": "attention.q_proj", "k": "attention.k_proj", "v": "attention.v_proj", "o": "attention.o_proj"}
 _SPLIT_CLIP = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj"}
 _FUSED = {"q": "attn.qkv", "k": "attn.qkv", "v": "attn.qkv", "o": "attn.proj"}
+_SPLIT_EVA = {"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.proj"}
 
 #: family → {projection: module path inside a block}. Order matters for backbones without a
 #: ``family`` attribute (DOFA): the first layout whose modules all exist in block 0 is used.
@@ -61,6 +63,7 @@ ATTENTION_PROJECTIONS: dict[str, dict[str, str]] = {
     "clip": _SPLIT_CLIP,
     "dofa": _FUSED,
     "sam": _FUSED,
+    "eva02": _SPLIT_EVA,
 }
 
 _TARGETS = ("q", "k", "v", "o")

@@ -1,8 +1,10 @@
 """Frozen foundation-model backbones on the FrozenBackbone contract (DESIGN §4).
 
 ``build_backbone(name, ...)`` is the entry point; ``list_backbones()`` names what it accepts. The
-transformers families live in :mod:`.hf_vit`, their named configurations in :mod:`.presets`; DOFA
-(:mod:`.dofa`) is imported only when a DOFA name is asked for.
+transformers families live in :mod:`.hf_vit`, their named configurations in :mod:`.presets`; the
+families written here — DOFA (:mod:`.dofa`), EVA-02 (:mod:`.eva02`), SoftCon (:mod:`.softcon`, on
+transformers' DINOv2) and Copernicus-FM (:mod:`.copernicusfm`), sharing :mod:`.common` — are imported
+only when one of their names is asked for.
 """
 
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices

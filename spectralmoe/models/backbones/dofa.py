@@ -43,6 +43,10 @@ Facts taken from the official code (zhu-xlab/DOFA ``wave_dynamic_layer.py`` / ``
 * ``pos_embed`` is an ``nn.Parameter`` with ``requires_grad=False`` in the original, so it counts as a
   parameter: DOFA-L has 337,103,360 parameters without head and pretraining keys.
 
+The hypernetwork (``fclayer``, ``weight_generator``, kernel layout, convolution), the timm-style
+block and the weights IO live in :mod:`.common`, shared with Copernicus-FM; this module keeps what is
+DOFA's own (the sin-cos wavelength descriptor, the config, presets and hub files).
+
 Position embedding at other sizes: the stored table (14×14 for img_size 224) is resampled bicubically
 (``align_corners=False``) to the actual grid, as SpectralMoE's converter did offline to 32×32. A
 checkpoint whose table already has another square grid (e.g. the converted 1025-token one) is taken as
@@ -52,22 +56,36 @@ is, with ``img_size`` set to match.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spectralmoe.bands import as_wavelength_list
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
+from spectralmoe.models.backbones.common import (  # noqa: F401 - sin-cos helpers re-exported for older imports
+    HypernetworkPatchEmbedding,
+    PreNormAttention,
+    PreNormBlock,
+    PreNormMLP,
+    ResidualWaveMLP,
+    WavelengthWeightGenerator,
+    drop_keys,
+    locate_weights,
+    read_folder,
+    read_state_file,
+    resample_pos_embed,
+    save_folder,
+    sincos_embedding_1d,
+    sincos_embedding_2d,
+    strict_load,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,53 +190,11 @@ DOFA_WEIGHT_FILES: dict[str, str] = {
 
 # Keys of official files that the backbone does not use: classification head, MAE pretraining parts.
 _IGNORED_KEY_PATTERN = re.compile(r"^(head\.|fc_norm\.|norm\.|projector\.|mask_token$|decoder)")
-_WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
 # --------------------------------------------------------------------------------------------------
-# Sin-cos embeddings
-# --------------------------------------------------------------------------------------------------
-
-
-def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """``[M]`` positions → ``[M, dim]``: sines then cosines at frequencies 10000^(-i/(dim/2)) (MAE rule)."""
-    if dim % 2:
-        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
-    omega = torch.arange(dim // 2, dtype=torch.float32, device=positions.device) / (dim / 2.0)
-    omega = 1.0 / (10000.0**omega)
-    angles = positions.reshape(-1).float()[:, None] * omega[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
-def sincos_embedding_2d(dim: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
-    """The fixed ``[1, 1 + grid², dim]`` table of DOFA/MAE: zero cls row, then the grid row-major.
-
-    As in MAE, the first half of the channels encodes the column index, the second half the row index.
-    """
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
-    coords = torch.arange(grid, dtype=torch.float32, device=device)
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-    table = torch.cat([sincos_embedding_1d(dim // 2, cols), sincos_embedding_1d(dim // 2, rows)], dim=1)
-    return torch.cat([table.new_zeros(1, dim), table], dim=0)[None]
-
-
-def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """Bicubically resample the patch part of a square ``[1, P + g², D]`` table to ``grid`` (h, w)."""
-    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    side = math.isqrt(patches.shape[1])
-    if side * side != patches.shape[1]:
-        raise ValueError(f"position table with {patches.shape[1]} patch entries is not a square grid")
-    if (side, side) == tuple(grid):
-        return pos_embed
-    table = patches.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
-    table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos_embed.dtype)
-    return torch.cat([prefix, table], dim=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Wavelength-conditioned patch embedding
+# Wavelength-conditioned patch embedding (the hypernetwork itself lives in .common, shared with
+# Copernicus-FM; DOFA only decides how a band becomes a descriptor token)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -233,55 +209,7 @@ class WavelengthEmbedding(nn.Module):
         return sincos_embedding_1d(self.dim, wavelengths_um * 1000.0)
 
 
-class ResidualWaveMLP(nn.Module):
-    """``x + relu(w2(relu(w1(x))))`` on the wavelength features (official name: ``fclayer``)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, dim)
-        self.w2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.relu(self.w2(F.relu(self.w1(x))))
-
-
-class WavelengthWeightGenerator(nn.Module):
-    """One transformer layer over [weight tokens; band tokens; bias token] → per-band kernels and a bias.
-
-    Returns the raw (unscaled) ``[C, k·k·D]`` band kernels and the ``[D]`` bias.
-    """
-
-    def __init__(self, config: DOFAConfig) -> None:
-        super().__init__()
-        dim = config.wave_dim
-        layer = nn.TransformerEncoderLayer(
-            d_model=dim,
-            nhead=config.generator_heads,
-            dim_feedforward=config.generator_ffn_dim,
-            dropout=0.0,
-            activation="gelu",
-            layer_norm_eps=config.generator_norm_eps,
-            batch_first=False,
-            norm_first=False,
-        )
-        self.transformer_encoder = nn.TransformerEncoder(
-            layer, num_layers=config.generator_layers, enable_nested_tensor=False
-        )
-        self.fc_weight = nn.Linear(dim, config.patch_size * config.patch_size * config.embed_dim)
-        self.fc_bias = nn.Linear(dim, config.embed_dim)
-        self.weight_tokens = nn.Parameter(torch.empty(config.num_weight_tokens, dim))
-        self.bias_token = nn.Parameter(torch.empty(1, dim))
-
-    def forward(self, band_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num_weight = self.weight_tokens.shape[0]
-        sequence = torch.cat([self.weight_tokens, band_tokens.to(self.weight_tokens.dtype), self.bias_token], dim=0)
-        encoded = self.transformer_encoder(sequence)  # [T, dim], unbatched as in the original
-        kernels = self.fc_weight(encoded[num_weight:-1] + band_tokens)
-        bias = self.fc_bias(encoded[-1])
-        return kernels, bias
-
-
-class WavelengthPatchEmbedding(nn.Module):
+class WavelengthPatchEmbedding(HypernetworkPatchEmbedding):
     """DOFA's dynamic patch embedding: a 16×16 stride-16 conv whose kernel is made from the wavelengths.
 
     Official module name ``patch_embed`` (class ``Dynamic_MLP_OFA``); children ``fclayer`` and
@@ -289,82 +217,39 @@ class WavelengthPatchEmbedding(nn.Module):
     """
 
     def __init__(self, config: DOFAConfig) -> None:
-        super().__init__()
+        super().__init__(
+            embed_dim=config.embed_dim, patch_size=config.patch_size, wave_dim=config.wave_dim,
+            num_weight_tokens=config.num_weight_tokens, generator_heads=config.generator_heads,
+            generator_ffn_dim=config.generator_ffn_dim, generator_layers=config.generator_layers,
+            generator_norm_eps=config.generator_norm_eps, kernel_scale=config.kernel_scale,
+            patch_padding=config.patch_padding, legacy_kernel_layout=config.legacy_kernel_layout,
+        )  # fmt: skip
         self.config = config
         self.wave_embedding = WavelengthEmbedding(config.wave_dim)
-        self.fclayer = ResidualWaveMLP(config.wave_dim)
-        self.weight_generator = WavelengthWeightGenerator(config)
 
     def generate_kernel(self, wavelengths_um: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[C]`` wavelengths → conv kernel ``[D, C, k, k]`` and bias ``[D]`` (both scaled by 0.01)."""
-        cfg = self.config
-        k, dim, bands = cfg.patch_size, cfg.embed_dim, wavelengths_um.shape[0]
-        band_tokens = self.fclayer(self.wave_embedding(wavelengths_um))
-        kernels, bias = self.weight_generator(band_tokens)
-        if cfg.legacy_kernel_layout:  # March-2024 weights: raw reshape, mixes bands (see module doc)
-            weight = kernels.reshape(dim, bands, k, k)
-        else:
-            weight = kernels.reshape(bands, k, k, dim).permute(3, 0, 1, 2)
-        return weight * cfg.kernel_scale, bias * cfg.kernel_scale
+        return self.kernel_from_tokens(self.wave_embedding(wavelengths_um))
 
     def forward(self, image: torch.Tensor, wavelengths_um: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image ``[B, C, H, W]`` → patch tokens ``[B, h·w, D]`` and the grid ``(h, w)``."""
         weight, bias = self.generate_kernel(wavelengths_um)
-        if not torch.is_autocast_enabled(image.device.type):
-            weight, bias = weight.to(image.dtype), bias.to(image.dtype)
-        size = self.config.patch_size
-        out = F.conv2d(image, weight, bias, stride=size, padding=self.config.patch_padding)
-        return out.flatten(2).transpose(1, 2), (out.shape[-2], out.shape[-1])
+        return self.convolve(image, weight, bias)
 
 
 # --------------------------------------------------------------------------------------------------
-# Transformer blocks (timm ``Block`` layout, SDPA attention)
+# Transformer blocks (timm ``Block`` layout, SDPA attention; shared with Copernicus-FM)
 # --------------------------------------------------------------------------------------------------
 
-
-class DOFAAttention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection, via scaled_dot_product_attention."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+DOFAAttention = PreNormAttention
+DOFAMLP = PreNormMLP
 
 
-class DOFAMLP(nn.Module):
-    """``fc2(gelu(fc1(x)))`` with exact (erf) GELU, as timm's ``Mlp``."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class DOFABlock(nn.Module):
+class DOFABlock(PreNormBlock):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; any token count."""
 
     def __init__(self, config: DOFAConfig) -> None:
-        super().__init__()
-        dim = config.embed_dim
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = DOFAAttention(dim, config.num_heads, qkv_bias=config.qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = DOFAMLP(dim, int(dim * config.mlp_ratio))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        super().__init__(config.embed_dim, config.num_heads, config.mlp_ratio, config.layer_norm_eps, config.qkv_bias)
 
 
 class DOFAModel(nn.Module):
@@ -387,13 +272,7 @@ class DOFAModel(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random init following the original (xavier / 0.01 bias in the generator, N(0, 0.02) tokens)."""
-        for module in (self.patch_embed.fclayer, self.patch_embed.weight_generator):
-            for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    nn.init.xavier_uniform_(sub.weight)
-                    nn.init.constant_(sub.bias, 0.01)
-        nn.init.normal_(self.patch_embed.weight_generator.weight_tokens, std=0.02)
-        nn.init.normal_(self.patch_embed.weight_generator.bias_token, std=0.02)
+        self.patch_embed.reset_parameters()
         nn.init.normal_(self.cls_token, std=0.02)
         self.pos_embed.copy_(sincos_embedding_2d(self.config.embed_dim, self.config.pos_grid, self.pos_embed.device))
         for block in self.blocks:
@@ -525,45 +404,12 @@ class DOFABackbone(FrozenBackbone):
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` (official key names) and ``config.json`` for ``build_dofa_backbone``."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
-        save_file(state, str(tmp_weights), metadata={"format": "pt", "model_type": "dofa"})
-        tmp_config.write_text(json.dumps({"model_type": "dofa", **self.config.to_dict()}, indent=2) + "\n")
-        os.replace(tmp_weights, folder / "model.safetensors")
-        os.replace(tmp_config, folder / "config.json")
-        return folder
+        return save_folder(folder, self.model.state_dict(), self.config.to_dict(), "dofa")
 
 
 # --------------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------------
-
-
-def _clean_official_state_dict(raw: Any, source: str) -> dict[str, torch.Tensor]:
-    """Unwrap ``model``/``state_dict``, strip ``module.``/``backbone.`` prefixes, drop head/pretraining keys."""
-    state = raw
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source}: expected a state dict of tensors (optionally under 'model'/'state_dict')")
-    cleaned: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        if _IGNORED_KEY_PATTERN.match(key):
-            continue
-        cleaned[key] = value.float() if value.is_floating_point() else value
-    return cleaned
 
 
 def _config_for_state_dict(config: DOFAConfig, state: dict[str, torch.Tensor], source: str) -> DOFAConfig:
@@ -578,44 +424,9 @@ def _config_for_state_dict(config: DOFAConfig, state: dict[str, torch.Tensor], s
     return dataclasses.replace(config, img_size=side * config.patch_size)
 
 
-def _load_into(model: DOFAModel, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that lists missing and unexpected keys and names the file."""
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match the DOFA architecture: missing keys {missing[:20]}"
-            f"{' …' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
-            f"{' …' if len(unexpected) > 20 else ''}"
-        )
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{source}: tensor shapes do not match the DOFA config {model.config}: {err}") from err
-
-
 def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an official DOFA ``.pth`` into a cleaned state dict with this module's (= official) keys."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: holds objects other than tensors (a training checkpoint with optimizer/args?); "
-            "re-save only its model state dict"
-        ) from err
-    return _clean_official_state_dict(raw, str(path))
-
-
-def _download(repo_id: str, filename: str) -> str:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(repo_id=repo_id, filename=filename)
-    except Exception as err:  # offline, missing file, auth: all end the same way for the user
-        raise RuntimeError(
-            f"could not download {filename!r} from the Hugging Face hub repo {repo_id!r} ({type(err).__name__}: "
-            f"{err}). Without internet, download it elsewhere and pass weights=<local .pth file or folder>"
-        ) from err
+    return drop_keys(read_state_file(path), _IGNORED_KEY_PATTERN)
 
 
 def _resolve_config(name: str | DOFAConfig) -> tuple[str | None, DOFAConfig]:
@@ -651,9 +462,14 @@ def build_dofa_backbone(
         logger.warning("DOFA %s built with random weights (pretrained=False)", preset or "config")
         return DOFABackbone(config, **kwargs)
 
-    state, source = _fetch_weights(preset, config, weights)
-    if isinstance(state, tuple):  # our format: (config from config.json, state)
-        saved_config, state = state
+    kind, where = locate_weights(weights, family="DOFA", preset=preset, hub_repo=DOFA_WEIGHTS.get(preset or ""),
+                                 hub_file=DOFA_WEIGHT_FILES.get(preset or ""), model_type="dofa")  # fmt: skip
+    source = str(where)
+    if kind == "official":
+        state = load_official_state_dict(where)
+    else:
+        values, state = read_folder(Path(where), "dofa")
+        saved_config = DOFAConfig.from_dict(values)
         if preset is not None:
             differ = [k for k in ("embed_dim", "depth", "num_heads") if getattr(saved_config, k) != getattr(config, k)]
             if differ:
@@ -666,54 +482,6 @@ def build_dofa_backbone(
     config = _config_for_state_dict(config, state, source)
     with torch.device("meta"):  # no random init of 300 M parameters that are overwritten anyway
         backbone = DOFABackbone(config, **kwargs)
-    _load_into(backbone.model, state, source)
+    strict_load(backbone.model, state, source, "DOFA")
     backbone.freeze()
     return backbone
-
-
-def _fetch_weights(
-    preset: str | None, config: DOFAConfig, weights: str | os.PathLike | None
-) -> tuple[dict[str, torch.Tensor] | tuple[DOFAConfig, dict[str, torch.Tensor]], str]:
-    """Find and read the weights; our format comes back with its config."""
-    if weights is None:
-        repo = DOFA_WEIGHTS.get(preset) if preset else None
-        if repo is None:
-            raise ValueError(
-                f"DOFA {preset or 'config'} has no released weights; pass weights=<file or folder> or pretrained=False"
-            )
-        path = _download(repo, DOFA_WEIGHT_FILES[preset])  # type: ignore[index]
-        return load_official_state_dict(path), path
-    path = Path(weights)
-    if path.is_file():
-        if path.name == "model.safetensors":
-            return _read_our_format(path.parent), str(path.parent)
-        if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            return load_official_state_dict(path), str(path)
-        raise ValueError(f"{path}: expected an official .pth/.pt file or a folder with model.safetensors")
-    if path.is_dir():
-        return _read_our_format(path), str(path)
-    text = str(weights)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        if preset in DOFA_WEIGHT_FILES and text in {r for r in DOFA_WEIGHTS.values() if r}:
-            local = _download(text, DOFA_WEIGHT_FILES[preset])
-            return load_official_state_dict(local), local
-        config_path = _download(text, "config.json")
-        _download(text, "model.safetensors")
-        return _read_our_format(Path(config_path).parent), text
-    raise FileNotFoundError(f"DOFA weights {text!r}: no such file or folder, and not a hub id (owner/name)")
-
-
-def _read_our_format(folder: Path) -> tuple[DOFAConfig, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
-    for needed in (config_file, weights_file):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{folder}: missing {needed.name} (expected save_pretrained output)")
-    values = json.loads(config_file.read_text())
-    if values.get("model_type", "dofa") != "dofa":
-        raise ValueError(f"{config_file}: model_type is {values.get('model_type')!r}, not 'dofa'")
-    # Copy out of the memory map: its tensors are not 64-byte aligned, which changes CPU kernels'
-    # rounding (outputs then differ from the saved model's in the last bits) and pins the file open.
-    state = {k: v.clone() for k, v in load_file(str(weights_file), device="cpu").items()}
-    return DOFAConfig.from_dict(values), state

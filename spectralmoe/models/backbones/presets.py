@@ -3,11 +3,13 @@
 Each preset's ``config`` holds the values of the hub checkpoint's ``config.json`` that decide the
 architecture, so that a model built from it has exactly the parameters of the released weights
 (checked in tests on the meta device). ``build_backbone`` is the one entry point used by configs;
-DOFA names are delegated to :mod:`spectralmoe.models.backbones.dofa`.
+the names of the families written here (DOFA, EVA-02, SoftCon, Copernicus-FM; ``WRITTEN_FAMILIES``)
+are delegated to their modules, imported only when asked for.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -149,14 +151,40 @@ def _dofa_module() -> Any:
     return dofa
 
 
+#: Families written here (not transformers): module under ``models/backbones``, its presets dict, its
+#: builder, and which of the optional ``build_backbone`` keywords the builder takes (band metadata,
+#: kernel resize). Every builder takes in_wavelengths, pretrained, weights, out_indices, gradient_checkpointing.
+WRITTEN_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "dofa": ("DOFA_CONFIGS", "build_dofa_backbone", ()),
+    "eva02": ("EVA02_CONFIGS", "build_eva02_backbone", ("kernel_resize",)),
+    "softcon": ("SOFTCON_CONFIGS", "build_softcon_backbone", ("in_bandwidths", "kernel_resize")),
+    "copernicusfm": ("COPERNICUSFM_CONFIGS", "build_copernicusfm_backbone", ("in_bandwidths", "gsd_m")),
+}
+
+
+def _family_module(family: str) -> Any:
+    if family == "dofa":
+        return _dofa_module()
+    return importlib.import_module(f"spectralmoe.models.backbones.{family}")
+
+
+def _written_families() -> tuple[dict[str, tuple[Any, str]], dict[str, str]]:
+    """(preset name → (module, family), family → import error) for the families that import."""
+    names: dict[str, tuple[Any, str]] = {}
+    failed: dict[str, str] = {}
+    for family, (configs, _, _) in WRITTEN_FAMILIES.items():
+        try:
+            module = _family_module(family)
+        except ImportError as err:
+            failed[family] = str(err)
+            continue
+        names.update({n: (module, family) for n in getattr(module, configs) if n not in BACKBONE_PRESETS})
+    return names, failed
+
+
 def list_backbones() -> list[str]:
-    """Every name ``build_backbone`` accepts (DOFA names only when its module imports)."""
-    names = list(BACKBONE_PRESETS)
-    try:
-        names += [n for n in _dofa_module().DOFA_CONFIGS if n not in BACKBONE_PRESETS]
-    except ImportError:
-        pass
-    return sorted(names)
+    """Every name ``build_backbone`` accepts (written families' names only when their module imports)."""
+    return sorted([*BACKBONE_PRESETS, *_written_families()[0]])
 
 
 def build_hf_preset_model(preset: BackbonePreset | str, *, weights: str | os.PathLike | None = None):
@@ -169,6 +197,8 @@ def build_backbone(
     name: str,
     *,
     in_wavelengths: Sequence[float] | torch.Tensor | None = None,
+    in_bandwidths: Sequence[float] | torch.Tensor | None = None,
+    gsd_m: float | None = None,
     pretrained: bool = True,
     weights: str | os.PathLike | None = None,
     out_indices: Sequence[int] | None = None,
@@ -181,6 +211,10 @@ def build_backbone(
         name: a preset (see ``list_backbones()``).
         in_wavelengths: centre wavelength (µm) of each input band, nan for non-spectral bands; the patch
             embedding gets one channel per band (default R, G, B).
+        in_bandwidths: FWHM (µm) of each input band, for the backbones that use it (Copernicus-FM's
+            kernels, SoftCon's slot matching); None → ``spectralmoe.bands.default_bandwidths_um``.
+        gsd_m: ground sampling distance (m) of the input, for the backbones that use it (Copernicus-FM's
+            patch-area token); None → unknown. Ignored by the others.
         pretrained: load released weights (``weights``, else the preset's hub id or packaged folder); False
             builds random weights from the preset config (a warning is logged). Works under ``torch.device("meta")``.
         weights: hub id or local folder written by ``save_pretrained`` (needed offline).
@@ -189,8 +223,9 @@ def build_backbone(
         gradient_checkpointing: recompute block activations in backward to save memory.
     """
     if name not in BACKBONE_PRESETS:
-        return _build_dofa(name, in_wavelengths=in_wavelengths, pretrained=pretrained, weights=weights,
-                           out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+        optional = {"in_bandwidths": in_bandwidths, "gsd_m": gsd_m, "kernel_resize": kernel_resize}
+        return _build_written(name, optional, in_wavelengths=in_wavelengths, pretrained=pretrained, weights=weights,
+                              out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     preset = BACKBONE_PRESETS[name]
     if pretrained:
         source = weights if weights is not None else preset.default_weights()
@@ -227,15 +262,14 @@ def _check_matches_preset(config: Any, preset: BackbonePreset, source: Any) -> N
             )
 
 
-def _build_dofa(name: str, **kwargs: Any) -> FrozenBackbone:
-    """Delegate a DOFA name to its module (imported here so this file works without it)."""
-    try:
-        dofa = _dofa_module()
-    except ImportError as err:
-        raise KeyError(
-            f"unknown backbone {name!r}; known transformers presets: {', '.join(BACKBONE_PRESETS)}. DOFA backbones "
-            f"are unavailable because spectralmoe.models.backbones.dofa failed to import ({err})"
-        ) from err
-    if name not in dofa.DOFA_CONFIGS:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    return dofa.build_dofa_backbone(name, **kwargs)
+def _build_written(name: str, optional: dict[str, Any], **kwargs: Any) -> FrozenBackbone:
+    """Delegate a written family's name to its module (imported here so this file works without it)."""
+    names, failed = _written_families()
+    if name not in names:
+        why = "".join(f". {family.upper() if family == 'dofa' else family} backbones are unavailable because "
+                      f"spectralmoe.models.backbones.{family} failed to import ({err})" for family, err in failed.items())
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}{why}")  # fmt: skip
+    module, family = names[name]
+    _, builder, accepted = WRITTEN_FAMILIES[family]
+    kwargs.update({key: optional[key] for key in accepted})
+    return getattr(module, builder)(name, **kwargs)
