@@ -151,12 +151,20 @@ def _dofa_module() -> Any:
 
 def list_backbones() -> list[str]:
     """Every name ``build_backbone`` accepts (DOFA names only when its module imports)."""
-    names = list(BACKBONE_PRESETS)
+    names = list(BACKBONE_PRESETS) + list(_multitoken_builders())
     try:
         names += [n for n in _dofa_module().DOFA_CONFIGS if n not in BACKBONE_PRESETS]
     except ImportError:
         pass
     return sorted(names)
+
+
+def _multitoken_builders() -> dict[str, Any]:
+    """Frozen-only families with several tokens per patch (Galileo, SenPa-MAE): preset name → builder."""
+    from spectralmoe.models.backbones import galileo, senpamae
+
+    return {**{n: galileo.build_galileo_backbone for n in galileo.GALILEO_CONFIGS},
+            **{n: senpamae.build_senpamae_backbone for n in senpamae.SENPAMAE_CONFIGS}}  # fmt: skip
 
 
 def build_hf_preset_model(preset: BackbonePreset | str, *, weights: str | os.PathLike | None = None):
@@ -174,6 +182,9 @@ def build_backbone(
     out_indices: Sequence[int] | None = None,
     kernel_resize: KernelResize = "bicubic",
     gradient_checkpointing: bool = False,
+    in_bandwidths: Sequence[float] | None = None,
+    gsd_m: float | None = None,
+    options: dict[str, Any] | None = None,
 ) -> FrozenBackbone:
     """Build a frozen backbone by name.
 
@@ -187,7 +198,23 @@ def build_backbone(
         out_indices: blocks tapped for the decoder (default: the preset's).
         kernel_resize: how patch-14 kernels become 16×16: "bicubic" (authors' converters) or "pi" (FlexiViT).
         gradient_checkpointing: recompute block activations in backward to save memory.
+        in_bandwidths: FWHM (µm) of each band, for backbones that use it (None: their documented default).
+        gsd_m: ground sampling distance (m), for backbones that use it (None: their documented default).
+        options: options of the backbone family (e.g. Galileo's ``month``; see its builder).
     """
+    multitoken = _multitoken_builders().get(name)
+    if multitoken is not None:
+        metadata = {"in_bandwidths": in_bandwidths, "gsd_m": gsd_m}
+        options = dict(options or {})
+        for key in metadata:  # a task without sensor records may give them as options
+            if key in options and metadata[key] is not None:
+                raise ValueError(f"backbone {name!r}: {key} given both as an argument and as an option")
+            metadata[key] = options.pop(key, metadata[key])
+        return multitoken(name, in_wavelengths=in_wavelengths, pretrained=pretrained, weights=weights,
+                          out_indices=out_indices, gradient_checkpointing=gradient_checkpointing, **metadata,
+                          **options)  # fmt: skip
+    if options:
+        raise ValueError(f"backbone {name!r} takes no backbone options, got {sorted(options)}")
     if name not in BACKBONE_PRESETS:
         return _build_dofa(name, in_wavelengths=in_wavelengths, pretrained=pretrained, weights=weights,
                            out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
