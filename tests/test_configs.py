@@ -35,6 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TASK_FILES = sorted((CONFIGS / "tasks").glob("*.yaml"))
 METHOD_FILES = sorted((CONFIGS / "methods").glob("*.yaml"))
+#: Rows that train on ONE task here (their own column of the main table would not add coverage): the
+#: frozen multi-token backbones and DSTC; every other method file runs on every task.
+SINGLE_TASK_ROWS = {"freeze_galileo-base": "fbp-cross-sensor", "freeze_senpamae-vitb16": "whu-ohs",
+                    "dstc_resnet18": "whu-ohs"}  # fmt: skip
+GRID_METHOD_FILES = [p for p in METHOD_FILES if p.stem not in SINGLE_TASK_ROWS]
 
 # ------------------------------------------------------------------------------------ fake data
 #: Per task: the source sensor and two target groups (name, sensor, tile attributes) that the task's
@@ -97,7 +102,8 @@ def tiny_task_file(task_name: str, folder: Path, **fields: Any) -> Path:
 #: Test-sized stand-ins of the hub backbones (random weights, no download).
 TINY_BACKBONES = {
     "dinov3-vitl16": "tiny-dinov3", "dinov2-vitl14": "tiny-dinov2", "clip-vitl14": "tiny-clip",
-    "sam-vith": "tiny-sam", "dofa-vitl": "tiny-dofa",
+    "sam-vith": "tiny-sam", "dofa-vitl": "tiny-dofa", "galileo-base": "tiny-galileo",
+    "senpamae-vitb16": "tiny-senpamae", "resnet18": "tiny-resnet18",
 }  # fmt: skip
 _TOKENS = {"token_length": 8, "query_dim": 32, "rank": 4}
 #: Size options of each method, merged over the method file's own options (which are kept: E=3 stays 3).
@@ -113,6 +119,8 @@ def tiny_model_args(method_file: Path) -> list[str]:
     """``--model.*`` overrides that shrink the method file's model (backbone, depth, adapter, head) to
     test size while keeping every option the file sets."""
     model = yaml.safe_load(method_file.read_text())["model"]
+    if model.get("architecture") == "dstc":  # a complete model: no adapter, head or depth to shrink
+        return ["--model.backbone", TINY_BACKBONES[model["backbone"]], "--model.pretrained", "false"]
     tiny = TINY_ADAPTER_OPTIONS[model["adapter"]]
     adapter_options = None if tiny is None else {**(model.get("adapter_options") or {}), **tiny}
     head_options = {**(model.get("head_options") or {}), **TINY_HEAD}
@@ -168,6 +176,7 @@ METHODS = ["freeze", "lora", "adaptformer", "vpt", "set", "fada", "rein", "depth
 EXPECTED_METHOD_FILES = (
     {f"{m}_dinov3-vitl16" for m in METHODS} | {f"{m}_dofa-vitl" for m in METHODS} | {"spectralmoe-e3_dinov3-vitl16"}
     | {f"{m}_{b}" for m in ("freeze", "rein", "spectralmoe") for b in ("dinov2-vitl14", "clip-vitl14", "sam-vith")}
+    | {"freeze_galileo-base", "freeze_senpamae-vitb16", "dstc_resnet18"}
 )  # fmt: skip
 
 
@@ -178,6 +187,10 @@ def test_method_files_cover_the_paper_tables():
         assert set(config) == {"model"}, f"{path}: a method file sets the model only"
         model = config["model"]
         method, backbone = path.stem.split("_")
+        if method == "dstc":  # the complete model: selected by architecture, nothing of the segmentor set
+            assert model["architecture"] == "dstc" and model["backbone"] == backbone, path
+            assert all(model[k] is None for k in ("adapter", "adapter_options", "head", "head_options", "depth"))
+            continue
         assert model["backbone"] == backbone and model["adapter"] == method.removesuffix("-e3"), path
         assert model["head"] == "mask2former", path
         options = model.get("adapter_options") or {}
@@ -226,7 +239,7 @@ def fake_roots(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     return {name: (make_prepared_root(name, base / name), tiny_task_file(name, base)) for name in DG_TASKS}
 
 
-@pytest.mark.parametrize("method_file", METHOD_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("method_file", GRID_METHOD_FILES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("task_file", TASK_FILES, ids=lambda p: p.stem)
 def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roots, tmp_path, four_block_tiny_dofa):
     """Two steps of ``spectralmoe fit -c TASK -c METHOD`` with tiny models on the task's fake benchmark.
@@ -236,6 +249,23 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
     keep the 196 runs within the suite's time)."""
     root, tiny_task = fake_roots[task_file.stem]
     validate = method_file.stem.startswith("spectralmoe")
+    _fit_two_steps(task_file, method_file, root, tiny_task, tmp_path, validate)
+
+
+@pytest.mark.parametrize("row", sorted(SINGLE_TASK_ROWS))
+def test_single_task_rows_train_two_steps_and_validate(row, fake_roots, tmp_path):
+    """Galileo, SenPa-MAE (frozen) and DSTC: two steps and a validation on both target domains of one task."""
+    task_file = CONFIGS / "tasks" / f"{SINGLE_TASK_ROWS[row]}.yaml"
+    root, tiny_task = fake_roots[task_file.stem]
+    export = _fit_two_steps(task_file, CONFIGS / "methods" / f"{row}.yaml", root, tiny_task, tmp_path, True)
+    if row.startswith("dstc"):
+        assert export["build"]["architecture"] == "dstc" and export["build"]["backbone"] == "tiny-resnet18"
+    else:  # frozen backbone: only the head trains
+        assert all(name.startswith("head.") for name in export["tensors"]), export["tensors"][:5]
+
+
+def _fit_two_steps(task_file: Path, method_file: Path, root: Path, tiny_task: Path, tmp_path: Path,
+                   validate: bool) -> dict[str, Any]:  # fmt: skip
     code = main([
         "fit", "-c", str(task_file), "-c", str(method_file), *tiny_model_args(method_file),
         "--data.root", str(root), "--data.task", str(tiny_task), "--data.batch_size", "2",
@@ -255,3 +285,4 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
     if validate:
         report = json.loads((tmp_path / "metrics_val_epoch1_step2.json").read_text())
         assert len(report["domains"]) == 2  # validated on both target domains
+    return export

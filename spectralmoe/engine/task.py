@@ -67,6 +67,21 @@ from spectralmoe.models.segmentor import Segmentor
 
 __all__ = ["SegmentationTask"]
 
+
+def _check_architecture(architecture: str, adapter: str | None, head: str | None, depth: str | None) -> None:
+    """The segmentor needs an adapter and a head; DSTC is complete and takes neither (explicit nulls)."""
+    if architecture == "segmentor":
+        if adapter is None or head is None:
+            raise ValueError(f"architecture 'segmentor' needs an adapter and a head, got adapter={adapter!r}, "
+                             f"head={head!r} (use adapter 'freeze' for no adapter)")  # fmt: skip
+    elif architecture == "dstc":
+        given = {k: v for k, v in (("adapter", adapter), ("head", head), ("depth", depth)) if v is not None}
+        if given:
+            raise ValueError(f"architecture 'dstc' is a complete model: set model.adapter, model.head and model.depth "
+                             f"to null (got {given})")  # fmt: skip
+    else:
+        raise ValueError(f"architecture must be 'segmentor' or 'dstc', got {architecture!r}")
+
 _PREFIX = "segmentor."
 _DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "pixel_mean", "pixel_std", "value_scale")
 
@@ -94,6 +109,13 @@ class SegmentationTask(L.LightningModule):
             ``"pi"``, the pseudo-inverse resize).
         out_indices: backbone blocks whose tokens form the feature pyramid (default: preset's).
         gradient_checkpointing: recompute the frozen blocks in backward to save memory.
+        backbone_options: options of the backbone family (Galileo: ``month``, ``patch_size``,
+            ``normalization``, ``gsd_m``; SenPa-MAE: ``response_curves``, ``gsd_m``, ``in_bandwidths``;
+            DSTC: its sizes, e.g. ``fold``).
+        architecture: ``"segmentor"`` (frozen backbone + adapter + head) or ``"dstc"``: the complete
+            DSTC model (``models/dstc.py``), where ``backbone`` names its preset (``resnet18``),
+            ``backbone_weights`` the ImageNet ResNet-18 file, and ``adapter``, ``head``, ``depth``
+            must be null.
         lr: AdamW learning rate (METHOD §5: 1e-4).
         weight_decay: AdamW weight decay of the decayed group (0.05); see ``engine.optim``.
         betas: AdamW betas.
@@ -127,8 +149,8 @@ class SegmentationTask(L.LightningModule):
     def __init__(
         self,
         backbone: str = "dinov3-vitl16",
-        adapter: str = "spectralmoe",
-        head: str = "mask2former",
+        adapter: str | None = "spectralmoe",
+        head: str | None = "mask2former",
         depth: str | None = DEFAULT_DEPTH,
         adapter_options: dict[str, Any] | None = None,
         head_options: dict[str, Any] | None = None,
@@ -139,6 +161,8 @@ class SegmentationTask(L.LightningModule):
         kernel_resize: Literal["bicubic", "pi"] = "bicubic",
         out_indices: list[int] | None = None,
         gradient_checkpointing: bool = False,
+        backbone_options: dict[str, Any] | None = None,
+        architecture: Literal["segmentor", "dstc"] = "segmentor",
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -177,6 +201,7 @@ class SegmentationTask(L.LightningModule):
             raise ValueError(f"band_wavelengths must be 'model' or 'data', got {band_wavelengths!r}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        _check_architecture(architecture, adapter, head, depth)
         self.save_hyperparameters()
         self.segmentor: Segmentor | None = None
         self._confusions: list[SegConfusion] = []
@@ -238,8 +263,11 @@ class SegmentationTask(L.LightningModule):
     def build_config(self) -> dict[str, Any]:
         """``build_segmentor`` keyword arguments that define this model (what an export stores)."""
         hp = self.hparams
+        architecture = hp.get("architecture", "segmentor")
         return {
+            "architecture": architecture,
             "backbone": hp.backbone,
+            "backbone_kwargs": dict(hp.get("backbone_options") or {}),
             "adapter": hp.adapter,
             "head": hp.head,
             "depth": hp.depth,
@@ -261,16 +289,20 @@ class SegmentationTask(L.LightningModule):
             return
         self._fill_data_fields()
         hp = self.hparams
+        # A complete model (DSTC) restored from a checkpoint gets every tensor from it: no ImageNet download.
+        restoring_complete = getattr(self, "_restoring", False) and hp.get("architecture") == "dstc"
         self.segmentor = build_segmentor(
             **self.build_config(),
-            pretrained=hp.pretrained,
+            pretrained=hp.pretrained and not restoring_complete,
             backbone_weights=hp.backbone_weights,
             depth_weights=hp.depth_weights,
             gradient_checkpointing=hp.gradient_checkpointing,
         )
         report = parameter_report(self.segmentor)
+        what = (f"{hp.adapter} on {hp.backbone} with a {hp.head} head" if hp.get("architecture") != "dstc"
+                else f"DSTC ({hp.backbone} encoder)")  # fmt: skip
         rank_zero_info(
-            f"SegmentationTask: {hp.adapter} on {hp.backbone} with a {hp.head} head — "
+            f"SegmentationTask: {what} — "
             f"{report['method_trainable']:,} method + {report['head_trainable']:,} head trainable parameters, "
             f"{report['backbone_frozen'] + report['depth_frozen']:,} frozen"
         )
@@ -461,6 +493,7 @@ class SegmentationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the stored trainable names strictly, then complete the state with the frozen tensors
         of the freshly built model so Lightning's strict ``load_state_dict`` succeeds."""
+        self._restoring = True
         self.configure_model()
         state = checkpoint["state_dict"]
         current = self.state_dict()
