@@ -253,15 +253,38 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
 
 
 @pytest.mark.parametrize("row", sorted(SINGLE_TASK_ROWS))
-def test_single_task_rows_train_two_steps_and_validate(row, fake_roots, tmp_path):
-    """Galileo, SenPa-MAE (frozen) and DSTC: two steps and a validation on both target domains of one task."""
+def test_single_task_rows_train_two_steps_and_validate(row, fake_roots, tmp_path, monkeypatch):
+    """Galileo, SenPa-MAE (frozen) and DSTC: two steps and a validation on both target domains of one task;
+    the trained DSTC maps a GeoTIFF through predict-scene from its export and from its Lightning checkpoint
+    (same map; a complete model restores every tensor, so nothing is downloaded)."""
     task_file = CONFIGS / "tasks" / f"{SINGLE_TASK_ROWS[row]}.yaml"
     root, tiny_task = fake_roots[task_file.stem]
     export = _fit_two_steps(task_file, CONFIGS / "methods" / f"{row}.yaml", root, tiny_task, tmp_path, True)
-    if row.startswith("dstc"):
-        assert export["build"]["architecture"] == "dstc" and export["build"]["backbone"] == "tiny-resnet18"
-    else:  # frozen backbone: only the head trains
+    if not row.startswith("dstc"):  # frozen backbone: only the head trains
         assert all(name.startswith("head.") for name in export["tensors"]), export["tensors"][:5]
+        return
+    assert export["build"]["architecture"] == "dstc" and export["build"]["backbone"] == "tiny-resnet18"
+    import rasterio
+    import torch
+
+    from spectralmoe.predict import predict_scene
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a restored DSTC must not fetch ImageNet weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    scene = np.random.default_rng(0).integers(0, 10000, (32, 40, 50)).astype(np.uint16)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=40, width=50, count=32,
+                       dtype="uint16") as dst:  # fmt: skip
+        dst.write(scene)
+    maps = []
+    for source in (tmp_path / "export", tmp_path / "ckpt" / "last.ckpt"):
+        predict_scene(source, tmp_path / "scene.tif", tmp_path / f"{source.stem}.tif", tile=32, overlap=8,
+                      progress=False, preview=False)  # fmt: skip
+        with rasterio.open(tmp_path / f"{source.stem}.tif") as out:
+            maps.append(out.read(1))
+    assert maps[0].shape == (40, 50) and np.array_equal(maps[0], maps[1])
+    assert set(np.unique(maps[0])) <= set(range(DG_TASKS[task_file.stem].num_classes))
 
 
 def _fit_two_steps(task_file: Path, method_file: Path, root: Path, tiny_task: Path, tmp_path: Path,

@@ -47,6 +47,7 @@ and a light head leaves the adapter's query link unused.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import warnings
@@ -66,6 +67,9 @@ from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor
 from spectralmoe.models.segmentor import Segmentor
 
 __all__ = ["SegmentationTask"]
+
+#: True while ``SegmentationTask.load_from_checkpoint`` builds a model (see ``configure_model``).
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("loading_checkpoint", default=False)
 
 
 def _check_architecture(architecture: str, adapter: str | None, head: str | None, depth: str | None) -> None:
@@ -209,6 +213,16 @@ class SegmentationTask(L.LightningModule):
         self.last_metrics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ building
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> "SegmentationTask":  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; while it runs, a complete model (DSTC) skips its ImageNet
+        initialisation, since every one of its tensors comes from the checkpoint."""
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(*args, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
+
     def _datamodule(self) -> Any:
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
@@ -289,8 +303,8 @@ class SegmentationTask(L.LightningModule):
             return
         self._fill_data_fields()
         hp = self.hparams
-        # A complete model (DSTC) restored from a checkpoint gets every tensor from it: no ImageNet download.
-        restoring_complete = getattr(self, "_restoring", False) and hp.get("architecture") == "dstc"
+        # A complete model (DSTC) loaded from a checkpoint gets every tensor from it: no ImageNet download.
+        restoring_complete = _LOADING_CHECKPOINT.get() and hp.get("architecture") == "dstc"
         self.segmentor = build_segmentor(
             **self.build_config(),
             pretrained=hp.pretrained and not restoring_complete,
@@ -493,7 +507,6 @@ class SegmentationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the stored trainable names strictly, then complete the state with the frozen tensors
         of the freshly built model so Lightning's strict ``load_state_dict`` succeeds."""
-        self._restoring = True
         self.configure_model()
         state = checkpoint["state_dict"]
         current = self.state_dict()

@@ -482,7 +482,7 @@ class DSTC(nn.Module):
     def forward(
         self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw image (H, W multiples of ``fold``) → supertoken logits ``[B, S, K]`` and supertoken map ``[B, H, W]``."""
+        """Raw image (H, W multiples of ``fold``) → supertoken logits ``[B, S, K]``, supertoken map ``[B, H, W]``."""
         self._check_image(image, wavelengths)
         x = self.normalize(image)
         with _exact_patch_embedding(image):  # CPU bf16 convolutions can be wrong (segmentor note): fp32 there
@@ -649,8 +649,9 @@ def load_imagenet_encoder(model: DSTC, source: str | os.PathLike | None = None) 
             state = torch.hub.load_state_dict_from_url(RESNET18_IMAGENET_URL, map_location="cpu", weights_only=True)
         except Exception as err:  # offline and the like: one message for the user
             raise RuntimeError(
-                f"could not download the ImageNet ResNet-18 weights from {RESNET18_IMAGENET_URL} ({type(err).__name__}: "
-                f"{err}); download the file elsewhere and pass it as backbone_weights=<path>, or pretrained=False"
+                f"could not download the ImageNet ResNet-18 weights from {RESNET18_IMAGENET_URL} "
+                f"({type(err).__name__}: {err}); download the file elsewhere and pass it as backbone_weights=<path>, "
+                "or pretrained=False"
             ) from err
         where = RESNET18_IMAGENET_URL
     else:

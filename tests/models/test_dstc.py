@@ -195,7 +195,8 @@ def fold_windows(x, f):  # rearrange "b c (f1 w) (f2 h) -> (b f1 f2) c w h"
 
 def ref_vit(tokens, s, cfg, training=False):
     v, d = "vit.", cfg.dim
-    x = F.layer_norm(tokens, (tokens.shape[-1],), s[v + "to_patch_embedding.0.weight"], s[v + "to_patch_embedding.0.bias"])
+    e = v + "to_patch_embedding."
+    x = F.layer_norm(tokens, (tokens.shape[-1],), s[e + "0.weight"], s[e + "0.bias"])
     x = F.linear(x, s[v + "to_patch_embedding.1.weight"], s[v + "to_patch_embedding.1.bias"])
     x = F.layer_norm(x, (d,), s[v + "to_patch_embedding.2.weight"], s[v + "to_patch_embedding.2.bias"])
     x = torch.cat([s[v + "cls_token"].expand(len(x), -1, -1), x], 1)
@@ -234,11 +235,13 @@ def ref_dstc(s, cfg, img, gt, classes, aggregate="affinity", update_seeds=True):
     b, hh, ww = gt.shape
     out = out.reshape(b, f * f * p * p, -1)
     mask5 = mask.reshape(b, f * f, p * p, hh // f, ww // f)
-    small = (mask5 * torch.arange(p * p).view(1, 1, -1, 1, 1)).sum(2) + torch.arange(0, f * f * p * p, p * p).view(1, -1, 1, 1)
+    small = (mask5 * torch.arange(p * p).view(1, 1, -1, 1, 1)).sum(2)
+    small = small + torch.arange(0, f * f * p * p, p * p).view(1, -1, 1, 1)
     spix_map = small.reshape(b, f, f, hh // f, ww // f).permute(0, 1, 3, 2, 4).reshape(b, hh, ww)
     gt_windows = gt.reshape(b, f, hh // f, f, ww // f).permute(0, 1, 3, 2, 4).reshape(b, f * f, hh // f, ww // f) + 1
     gt_filt = (gt_windows[:, :, None] * mask5).flatten(3).long()
-    count = torch.zeros(b, f * f, p * p, classes + 1, dtype=torch.long).scatter_add_(3, gt_filt, torch.ones_like(gt_filt))
+    count = torch.zeros(b, f * f, p * p, classes + 1, dtype=torch.long)
+    count.scatter_add_(3, gt_filt, torch.ones_like(gt_filt))
     labels = count[..., 1:].reshape(b, f * f * p * p, classes).transpose(1, 2).float()
     return ref_vit(out, s, cfg), labels, spix_map.long()
 
@@ -349,8 +352,8 @@ def torchvision_resnet18_state(seed=0) -> dict[str, torch.Tensor]:
         inp = width
     state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512, generator=g), torch.randn(1000, generator=g)
     # layer3/4 and fc are never read: keep their shapes, not their memory (a 1-element storage each)
-    return {k: v if k.startswith(("conv1", "bn1", "layer1", "layer2")) or not v.ndim else v.flatten()[:1].expand(v.shape)
-            for k, v in state.items()}
+    used = ("conv1", "bn1", "layer1", "layer2")
+    return {k: v if k.startswith(used) or not v.ndim else v.flatten()[:1].expand(v.shape) for k, v in state.items()}
 
 
 def test_imagenet_resnet18_initialises_the_encoder_like_the_authors(tmp_path):

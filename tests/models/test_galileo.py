@@ -123,7 +123,8 @@ def ref_encoder(s, cfg, s_t_x, s_t_m, months, patch, input_res, sincos_2d=None):
         qq, kk, vv = (F.linear(y, s[p + f"attn.{n}.weight"], s[p + f"attn.{n}.bias"]) for n in "qkv")
         qq, kk, vv = (z.reshape(b, -1, heads, d // heads).transpose(1, 2) for z in (qq, kk, vv))
         att = (qq @ kk.transpose(-1, -2) * (d // heads) ** -0.5).softmax(-1)
-        x = x + F.linear((att @ vv).transpose(1, 2).reshape(b, -1, d), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+        out = (att @ vv).transpose(1, 2).reshape(b, -1, d)
+        x = x + F.linear(out, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
         y = F.layer_norm(x, (d,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
         x = x + F.linear(F.gelu(F.linear(y, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])), s[p + "mlp.fc2.weight"],
                          s[p + "mlp.fc2.bias"])  # fmt: skip
@@ -211,8 +212,10 @@ def test_negative_controls_the_reference_comparison_can_fail():
     slots = {**galileo_band_slots(GF2), "B8A": 0}
     x20, mask20, groups20 = galileo_input(image, GF2, slots_override=slots)
     assert groups20 == ["S2_RGB", "S2_NIR_10m", "S2_NIR_20m"]
-    mae = lambda dim, pos: torch.cat([torch.sin(pos.reshape(-1, 1) * 10000 ** (-torch.arange(dim // 2) / (dim / 2))),  # noqa: E731
-                                      torch.cos(pos.reshape(-1, 1) * 10000 ** (-torch.arange(dim // 2) / (dim / 2)))], 1)  # fmt: skip
+    def mae(dim, pos):  # MAE's rule: 10000^(-i/(dim/2))
+        angles = pos.reshape(-1, 1) * 10000 ** (-torch.arange(dim // 2) / (dim / 2))
+        return torch.cat([torch.sin(angles), torch.cos(angles)], 1)
+
     for wrong in (reference_map(x20, mask20), reference_map(x, mask, res=10.0),
                   reference_map(x, mask, month=torch.tensor([[2], [2]])),
                   reference_map(x, mask, sincos_2d=lambda q, g, r: ref_2d_with_resolution(q, g, r, mae))):

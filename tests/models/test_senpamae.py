@@ -88,7 +88,8 @@ def ref_encoder(s, cfg, img, rf, gsd):
         y = F.layer_norm(x, (d,), s[t + "norm1.weight"], s[t + "norm1.bias"], 1e-5)
         qq, kk, vv = F.linear(y, s[t + "attn.qkv.weight"]).reshape(b, -1, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         att = (qq @ kk.transpose(-1, -2) * (d // heads) ** -0.5).softmax(-1)
-        x = x + F.linear((att @ vv).transpose(1, 2).reshape(b, -1, d), s[t + "attn.proj.weight"], s[t + "attn.proj.bias"])
+        out = (att @ vv).transpose(1, 2).reshape(b, -1, d)
+        x = x + F.linear(out, s[t + "attn.proj.weight"], s[t + "attn.proj.bias"])
         y = F.layer_norm(x, (d,), s[t + "norm2.weight"], s[t + "norm2.bias"], 1e-5)
         x = x + F.linear(F.gelu(F.linear(y, s[t + "mlp.fc1.weight"], s[t + "mlp.fc1.bias"])), s[t + "mlp.fc2.weight"],
                          s[t + "mlp.fc2.bias"])  # fmt: skip

@@ -135,7 +135,7 @@ class GalileoConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 16:
-            raise ValueError(f"embed_dim must be a multiple of 16 (four D/4 encodings, 2-D sin-cos), got {self.embed_dim}")
+            raise ValueError(f"embed_dim must be a multiple of 16 (four D/4 parts, 2-D sin-cos), got {self.embed_dim}")
 
     @property
     def quarter(self) -> int:
@@ -287,7 +287,7 @@ class GalileoEncoder(nn.Module):
     def group_tokens(
         self, image: torch.Tensor, slots: dict[str, int], groups: Sequence[str], patch: int, gsd_m: float, month: int
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Galileo-normalised image ``[B, C, H, W]`` → tokens ``[B, G·h·w, D]`` of the visible groups, group-major."""
+        """Galileo-normalised image ``[B, C, H, W]`` → visible groups' tokens ``[B, G·h·w, D]``, group-major."""
         batch = image.shape[0]
         grid = (image.shape[-2] // patch, image.shape[-1] // patch)
         names = [name for name, _ in SPACE_TIME_GROUPS]
@@ -420,7 +420,8 @@ class GalileoBackbone(FrozenBackbone):
             raise ValueError(f"image has {image.shape[1]} bands (shape {tuple(image.shape)}) but {len(waves)} "
                              f"wavelengths were given: {waves}")  # fmt: skip
         if image.shape[-2] % 16 or image.shape[-1] % 16:
-            raise ValueError(f"Galileo needs H and W divisible by 16 (got image shape {tuple(image.shape)}); pad or crop")
+            raise ValueError(f"Galileo needs H and W divisible by 16 (got image shape {tuple(image.shape)}); "
+                             "pad or crop")  # fmt: skip
         slots, groups = self._groups(waves)
         values = self._galileo_values(image, slots)
         return self.model.group_tokens(values, slots, groups, self.token_patch_size, self.gsd_m, self.month)
@@ -502,7 +503,8 @@ def _resolve_weights(preset: str | None, config: GalileoConfig, weights: str | o
                                  f"{preset!r} has {(config.embed_dim, config.depth, config.num_heads)}")  # fmt: skip
         path = path / "encoder.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"Galileo weights {os.fspath(weights)!r}: no such file (expected encoder.pt or its folder)")
+        raise FileNotFoundError(f"Galileo weights {os.fspath(weights)!r}: no such file (expected encoder.pt or "
+                                "its folder)")  # fmt: skip
     return path
 
 

@@ -197,7 +197,9 @@ class SenPaMAEEncoder(nn.Module):
         self.blocks = nn.ModuleList(SenPaMAEBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def band_tokens(self, image: torch.Tensor, curves: torch.Tensor, gsd_m: float) -> tuple[torch.Tensor, tuple[int, int]]:
+    def band_tokens(
+        self, image: torch.Tensor, curves: torch.Tensor, gsd_m: float
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[B, C, H, W]`` → ``[B, C·h·w, D]`` (band-major) and the grid (h, w)."""
         batch, bands, height, width = image.shape
         p = self.config.patch_size
@@ -250,11 +252,12 @@ class SenPaMAEBackbone(FrozenBackbone):
         self.gsd_m = float(DEFAULT_GSD_M if gsd_m is None else gsd_m)
         indices = tuple(int(i) for i in (default_out_indices(config.depth) if out_indices is None else out_indices))
         if any(not 0 <= i < config.depth for i in indices):
-            raise ValueError(f"out_indices {indices} outside 0..{config.depth - 1} for a {config.depth}-block SenPa-MAE")
+            raise ValueError(f"out_indices {indices} outside 0..{config.depth - 1} for {config.depth} blocks")
         self.out_indices = indices
         self.gradient_checkpointing = gradient_checkpointing
         self.in_wavelengths = None if in_wavelengths is None else self._check_wavelengths(in_wavelengths)
-        if in_bandwidths is not None and (self.in_wavelengths is None or len(in_bandwidths) != len(self.in_wavelengths)):
+        waves = self.in_wavelengths
+        if in_bandwidths is not None and (waves is None or len(in_bandwidths) != len(waves)):
             raise ValueError(f"in_bandwidths {list(in_bandwidths)} need in_wavelengths with as many bands")
         self.in_bandwidths = None if in_bandwidths is None else [float(b) for b in in_bandwidths]
         self.custom_curves = None
@@ -273,8 +276,8 @@ class SenPaMAEBackbone(FrozenBackbone):
         waves = as_wavelength_list(wavelengths)
         bad = [i for i, w in enumerate(waves) if not (math.isfinite(w) and 0.3 <= w <= 2.6)]
         if bad:
-            raise ValueError(f"SenPa-MAE needs each band's response on 300-2600 nm, but band(s) {bad} of {waves} µm have "
-                             "no wavelength there (non-spectral bands cannot enter)")  # fmt: skip
+            raise ValueError(f"SenPa-MAE needs each band's response on 300-2600 nm, but band(s) {bad} of {waves} µm "
+                             "have no wavelength there (non-spectral bands cannot enter)")  # fmt: skip
         return waves
 
     def response_curves(self, wavelengths: Sequence[float] | None = None) -> torch.Tensor:
@@ -287,7 +290,8 @@ class SenPaMAEBackbone(FrozenBackbone):
             widths = self.in_bandwidths or default_bandwidths_um(self.in_wavelengths)
             return gaussian_response_curves(self.in_wavelengths, widths)
         if self.custom_curves is not None:
-            raise ValueError(f"the measured response_curves describe bands {self.in_wavelengths} µm, not {list(wavelengths)}")
+            raise ValueError(f"the measured response_curves describe bands {self.in_wavelengths} µm, not "
+                             f"{list(wavelengths)}")  # fmt: skip
         waves = self._check_wavelengths(wavelengths)
         return gaussian_response_curves(waves, default_bandwidths_um(waves))
 
@@ -353,7 +357,8 @@ def convert_training_checkpoint(raw: Any, source: str = "checkpoint") -> dict[st
     other key is an error."""
     state = raw.get("model_state_dict", raw) if isinstance(raw, dict) else raw
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source}: expected SenPa-MAE's training checkpoint ({{'model_state_dict': …}}) or a state dict")
+        raise ValueError(f"{source}: expected SenPa-MAE's training checkpoint ({{'model_state_dict': …}}) or a "
+                         "state dict")  # fmt: skip
     converted, unknown = {}, []
     for key, value in state.items():
         key = key.replace("_orig_mod.", "").removeprefix("module.")
@@ -415,8 +420,9 @@ def build_senpamae_backbone(
         return SenPaMAEBackbone(config, **kwargs)
     if weights is None:
         raise ValueError(
-            "SenPa-MAE weights are not public (the authors share them on request, see github.com/JonathanPrexl/SenPa-MAE); "
-            "pass weights=<training checkpoint .pt> (backbone_weights in a config), or pretrained=False"
+            "SenPa-MAE weights are not public (the authors share them on request, see "
+            "github.com/JonathanPrexl/SenPa-MAE); pass weights=<training checkpoint .pt> (backbone_weights in a "
+            "config), or pretrained=False"
         )
     path = Path(weights)
     if not path.is_file():
