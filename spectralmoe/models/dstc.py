@@ -708,8 +708,10 @@ def build_dstc(
     """Build DSTC from a preset name (``DSTC_CONFIGS``) and options overriding its sizes.
 
     Args:
-        pretrained: initialise the encoder from ImageNet ResNet-18 (``weights``, else torchvision's URL),
-            as the authors do; False: random (torchvision's init).
+        pretrained: read initial weights: the authors' ``checkpoint`` when given, else ImageNet ResNet-18 for
+            the encoder (``weights``, else torchvision's URL), as the authors do. False: random init
+            (torchvision's), and ``weights`` / ``checkpoint`` are not read — what rebuilding a trained
+            model from its export or Lightning checkpoint needs, since those hold every tensor.
         weights: a torchvision ResNet-18 state dict file.
         checkpoint: the authors' trained DSTC ``best_model.pth`` (loaded strictly over everything).
         options: ``DSTCConfig`` fields (``fold``, ``proposal``, ``dim``…).
@@ -724,10 +726,11 @@ def build_dstc(
     if options:
         config = DSTCConfig.from_dict({**dataclasses.asdict(config), **options})
     model = DSTC(config, num_classes, wavelengths, pixel_mean, pixel_std, value_scale)
-    if checkpoint is not None:
+    if not pretrained:
+        if weights is not None or checkpoint is not None:
+            logger.info("DSTC built without reading its initial weights (pretrained=False)")
+    elif checkpoint is not None:
         load_official_dstc(model, checkpoint)
-    elif pretrained:
+    else:
         load_imagenet_encoder(model, weights)
-    elif weights is not None:
-        raise ValueError(f"weights={weights!r} was given with pretrained=False; drop one")
     return model

@@ -277,7 +277,7 @@ def test_forward_matches_the_authors_computation_on_their_checkpoint_layout(tmp_
     state = official_state(TINY, 32, 5, image_size=32)
     path = tmp_path / "best_model.pth"
     torch.save({"module." + k: v for k, v in state.items()}, path)
-    model = build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=False, checkpoint=path).eval()
+    model = build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=True, checkpoint=path).eval()
     assert model.transformer.pos_embedding.shape[1] == TINY.num_supertokens + 1  # rows kept: the used ones
     g = torch.Generator().manual_seed(1)
     img = torch.rand(2, 32, 32, 32, generator=g)
@@ -296,6 +296,9 @@ def test_forward_matches_the_authors_computation_on_their_checkpoint_layout(tmp_
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
     by_count, _, _ = ref_dstc(state, TINY, img, mask.clamp(max=4), 5, aggregate="count")
     assert (by_count - ref_logits).abs().max() > 1e-3
+    # pretrained=False (rebuilding a trained model) does not read it: the weights stay random
+    unread = build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=False, checkpoint=path)
+    assert not torch.equal(unread.cluster.image_proj.weight, model.cluster.image_proj.weight)
 
 
 def test_spectral_derivative_uses_the_sensor_wavelengths():
@@ -319,14 +322,14 @@ def test_checkpoint_with_unknown_or_missing_keys_is_refused(tmp_path):
     path = tmp_path / "best_model.pth"
     torch.save({**state, "vit.extra_head.weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match=r"not DSTC's \['vit.extra_head.weight'\]"):
-        build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=False, checkpoint=path)
+        build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=True, checkpoint=path)
     del state["cluster.f_sdf1.bias"]
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"missing \['cluster.derivative_proj.bias'\]"):
-        build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=False, checkpoint=path)
+        build_dstc("tiny-resnet18", num_classes=5, wavelengths=OHS, pretrained=True, checkpoint=path)
     with pytest.raises(ValueError, match="shape mismatch"):  # a 4-band model cannot take the 32-band file
         torch.save(official_state(TINY, 32, 5, image_size=32), path)
-        build_dstc("tiny-resnet18", num_classes=5, wavelengths=GF2, pretrained=False, checkpoint=path)
+        build_dstc("tiny-resnet18", num_classes=5, wavelengths=GF2, pretrained=True, checkpoint=path)
 
 
 def torchvision_resnet18_state(seed=0) -> dict[str, torch.Tensor]:
