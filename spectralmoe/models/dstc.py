@@ -21,8 +21,8 @@ baseline. It is written here from the facts of the authors' code (``models/model
    squared distance of every pixel to the seeds of its 3 × 3 seed neighbourhood, a softmax over
    them, and (except in the last round) move the seeds to the affinity-weighted mean of the decoder
    features. All of this runs without gradient, as in the original, whose distance is an inline CUDA
-   kernel: here it is plain vectorised PyTorch (a loop over the ≤ 9 seeds of a window, none over
-   pixels). Each pixel is hard-assigned to its highest-affinity seed; a supertoken's feature is
+   kernel: here it is one batched matrix product per round (the softmax over a pixel's seeds does not
+   depend on ‖pixel‖², so −‖p − s‖² becomes 2⟨p, s⟩ − ‖s‖²), no loop over pixels or seeds. Each pixel is hard-assigned to its highest-affinity seed; a supertoken's feature is
    ``(Σ_pixels a·feature + its pooled feature) / (Σ_pixels a + 1)`` over its pixels, a being each
    pixel's affinity to it (the original's ``sim * mask``).
    Consequence kept from the original: the two 1×1 convolutions only steer the assignment, which has
@@ -282,8 +282,10 @@ def supertoken_affinity(
     allowed = _seed_neighbourhood(proposal, height, width, values.device)  # [M, N]
     affinity = values.new_empty(0)
     for round_index in range(iterations):
-        distance = torch.stack([(pixels - seeds[:, :, m:m + 1]).square().sum(1) for m in range(seeds.shape[-1])], 1)
-        affinity = (-distance).masked_fill(~allowed, float("-inf")).softmax(1)  # [W, M, N]
+        # softmax over seeds of −‖p − s‖² = softmax of 2⟨p, s⟩ − ‖s‖²: ‖p‖² is the same for every seed of a
+        # pixel, so it is left out (no large term to cancel), and one batched product replaces a loop
+        logits = 2.0 * seeds.transpose(1, 2) @ pixels - seeds.square().sum(1)[..., None]  # [W, M, N]
+        affinity = logits.masked_fill(~allowed, float("-inf")).softmax(1)
         if round_index < iterations - 1:
             seeds = (affinity @ flat_values / (affinity.sum(2, keepdim=True) + 1e-16)).transpose(1, 2)
     return affinity
@@ -316,7 +318,7 @@ class SupertokenClustering(nn.Module):
         if height % fold or width % fold:
             raise ValueError(f"DSTC needs H and W divisible by fold={fold}, got image shape {tuple(image.shape)}")
         values = _fold(features, fold)
-        guide = _fold(self.image_proj(image), fold) + _fold(self.derivative_proj(derivative), fold)
+        guide = _fold(self.image_proj(image) + self.derivative_proj(derivative), fold)
         affinity = supertoken_affinity(values, values + guide, proposal, self.iterations)  # [W, M, N]
         seeds = proposal * proposal
         with torch.no_grad():
