@@ -395,6 +395,15 @@ def test_parameter_counts_with_and_without_the_authors_unused_position_rows():
     assert DSTC_CONFIGS["resnet18"].num_supertokens == 1024
 
 
+def test_spectralmoe_params_prints_both_counts(capsys):
+    from spectralmoe.cli import main
+
+    assert main(["params", "--architecture", "dstc", "--sensor", "ohs", "--num-classes", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "total trainable:                           4,260,440" in out
+    assert "(262,145 rows instead of 1,025): 71,107,160" in out
+
+
 def test_sizes_that_are_not_multiples_of_the_fold_are_padded_and_cropped():
     model = tiny_model(GF2, classes=4)
     img = torch.rand(2, 4, 37, 42) * 255  # fold 4: padded to 40 × 44
