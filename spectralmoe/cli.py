@@ -67,6 +67,8 @@ def _add_params_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sensor", default=None, help="input sensor (band count); default RGB")
     p.add_argument("--set", dest="adapter_options", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter option, repeatable, e.g. --set num_experts=3 --set token_length=512")
+    p.add_argument("--architecture", choices=["segmentor", "dstc"], default="segmentor",
+                   help="'dstc': the complete DSTC model (--backbone resnet18; adapter/head/depth unused)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--compare", action="store_true",
                    help="one Markdown row per method of the paper: our count next to the paper's Params column")
@@ -83,6 +85,8 @@ def _run_params(args: argparse.Namespace) -> int:
                                   num_classes=args.num_classes, sensor=args.sensor)  # fmt: skip
             print(f"| {method} | {parameter_report(model)['method_trainable']:,} | {paper:.2f} M |")
         return 0
+    if args.architecture == "dstc":
+        return _print_dstc_params(args, build_on_meta, parameter_report)
     model = build_on_meta(
         backbone=args.backbone,
         adapter=args.adapter,
@@ -105,6 +109,23 @@ def _run_params(args: argparse.Namespace) -> int:
     print(f"  frozen backbone:                      {report['backbone_frozen']:>14,}")
     if report["depth_frozen"]:
         print(f"  frozen depth model:                   {report['depth_frozen']:>14,}")
+    return 0
+
+
+def _print_dstc_params(args: argparse.Namespace, build_on_meta: Any, parameter_report: Any) -> int:
+    backbone = "resnet18" if args.backbone == "dinov3-vitl16" else args.backbone
+    model = build_on_meta(architecture="dstc", backbone=backbone, num_classes=args.num_classes, sensor=args.sensor,
+                          backbone_kwargs=_parse_assignments(args.adapter_options, "--set"))  # fmt: skip
+    report = {"architecture": "dstc", "backbone": backbone, **parameter_report(model)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"DSTC ({backbone} encoder), {model.num_bands} bands, {args.num_classes} classes: every parameter trains")
+    for part, n in report["method_breakdown"].items():
+        print(f"    {part:<34}{n:>14,}")
+    print(f"  total trainable:                      {report['total_trainable']:>14,}")
+    print(f"  with the authors' unused position rows ({report['authors_position_rows']:,} rows instead of "
+          f"{report['position_rows']:,}): {report['authors_total']:,}")
     return 0
 
 
@@ -363,7 +384,8 @@ def _trainer_classes() -> dict[str, type]:
                 task = getattr(self.datamodule, "task", None)
                 task_name = getattr(task, "name", "task")
                 hp = self.model.hparams
-                name = f"{task_name}/{hp.adapter}_{hp.backbone}"
+                method = hp.adapter if hp.get("architecture", "segmentor") == "segmentor" else hp.architecture
+                name = f"{task_name}/{method}_{hp.backbone}"
             if version is None:
                 version = _next_version(Path(root) / name)
             return root, name, version

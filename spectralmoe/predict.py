@@ -140,12 +140,14 @@ def resolve_checkpoint(checkpoint: PathLike | Any) -> ModelSource:
     """Accept an export folder, a Lightning run folder holding ``export/`` (or ``export_best/``), a
     ``.ckpt`` file, or a ``Segmentor``; return what it says about its model without building it."""
     from spectralmoe.engine.export import CONFIG_FILE, read_export_config
+    from spectralmoe.models.dstc import DSTC
     from spectralmoe.models.factory import resolve_wavelengths
     from spectralmoe.models.segmentor import Segmentor
 
-    if isinstance(checkpoint, Segmentor):
-        count = int(getattr(checkpoint.head, "num_classes"))
-        adapter = "spectralmoe" if _is_spectralmoe(checkpoint.adapter) else type(checkpoint.adapter).__name__.lower()
+    if isinstance(checkpoint, (Segmentor, DSTC)):
+        count = int(checkpoint.num_classes if isinstance(checkpoint, DSTC) else getattr(checkpoint.head, "num_classes"))
+        adapter = getattr(checkpoint, "adapter", None)
+        adapter = "spectralmoe" if _is_spectralmoe(adapter) else type(adapter).__name__.lower()
         return ModelSource("model", None, [float(w) for w in checkpoint.wavelengths.tolist()],
                            [f"class{i}" for i in range(count)], default_palette(count), count, adapter,
                            float(checkpoint.value_scale), checkpoint)  # fmt: skip
@@ -530,7 +532,7 @@ def predict_scene(
         raise BandMismatchError(f"{where}: the model expects {model.num_bands} bands, {len(bands)} were matched")
     layer = None
     if routing is not None:
-        if not _is_spectralmoe(model.adapter):
+        if not _is_spectralmoe(getattr(model, "adapter", None)):
             raise ValueError(f"routing maps need a SpectralMoE adapter, got {type(model.adapter).__name__}")
         layers = model.adapter.num_layers
         layer = routing_layer + layers if routing_layer < 0 else routing_layer
@@ -598,7 +600,7 @@ def _run(
     classes = source.num_classes
     fill = model.pixel_mean.detach().float().cpu().numpy().reshape(-1)
     window = blend_window(tile)
-    adapter = model.adapter
+    adapter = getattr(model, "adapter", None)  # a complete model (DSTC) has none
     recording = getattr(adapter, "record_routing", None)
     try:
         with contextlib.ExitStack() as stack:
@@ -679,7 +681,7 @@ def _run(
             bar = tqdm(total=len(plan), unit="tile", desc=f"predict {input_path.name}", disable=not progress,
                        dynamic_ncols=True)  # fmt: skip
             stack.callback(bar.close)
-            patch = int(model.backbone.patch_size)
+            patch = int(model.backbone.patch_size) if routing_layer is not None else 0
             loop_started = time.perf_counter()
             for batch in _batches(plan, batch_size):
                 loaded = [read(t) for t in batch]
@@ -690,7 +692,8 @@ def _run(
                     with torch.inference_mode():
                         with _autocast(device, precision):
                             scores = model.predict_logits(images)
-                        probs_np = _to_probabilities(scores, model.head).cpu().numpy()  # float32, outside autocast
+                        head = getattr(model, "head", None)  # a complete model (DSTC) has none: softmax
+                        probs_np = _to_probabilities(scores, head).cpu().numpy()  # float32, outside autocast
                     if routing_layer is not None:
                         grid = -(-tile // patch)
                         experts_np = adapter.last_routing[routing_layer].view(len(live), grid, grid).cpu().numpy()

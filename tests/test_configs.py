@@ -35,6 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TASK_FILES = sorted((CONFIGS / "tasks").glob("*.yaml"))
 METHOD_FILES = sorted((CONFIGS / "methods").glob("*.yaml"))
+#: Rows that train on ONE task here (their own column of the main table would not add coverage): the
+#: frozen multi-token backbones and DSTC; every other method file runs on every task.
+SINGLE_TASK_ROWS = {"freeze_galileo-base": "fbp-cross-sensor", "freeze_senpamae-vitb16": "whu-ohs",
+                    "dstc_resnet18": "whu-ohs"}  # fmt: skip
+GRID_METHOD_FILES = [p for p in METHOD_FILES if p.stem not in SINGLE_TASK_ROWS]
 
 # ------------------------------------------------------------------------------------ fake data
 #: Per task: the source sensor and two target groups (name, sensor, tile attributes) that the task's
@@ -98,7 +103,8 @@ def tiny_task_file(task_name: str, folder: Path, **fields: Any) -> Path:
 TINY_BACKBONES = {
     "dinov3-vitl16": "tiny-dinov3", "dinov2-vitl14": "tiny-dinov2", "clip-vitl14": "tiny-clip",
     "sam-vith": "tiny-sam", "dofa-vitl": "tiny-dofa", "eva02-vitl16": "tiny-eva02", "softcon-vitb14": "tiny-softcon",
-    "copernicusfm-vitb16": "tiny-copernicusfm",
+    "copernicusfm-vitb16": "tiny-copernicusfm", "galileo-base": "tiny-galileo", "senpamae-vitb16": "tiny-senpamae",
+    "resnet18": "tiny-resnet18",
 }  # fmt: skip
 _TOKENS = {"token_length": 8, "query_dim": 32, "rank": 4}
 #: Size options of each method, merged over the method file's own options (which are kept: E=3 stays 3).
@@ -116,6 +122,8 @@ def tiny_model_args(method_file: Path, backbone: str | None = None, head: str = 
     test size while keeping every option the file sets; ``backbone`` swaps in another hub backbone,
     ``head="fpn"`` the light head."""
     model = yaml.safe_load(method_file.read_text())["model"]
+    if model.get("architecture") == "dstc":  # a complete model: no adapter, head or depth to shrink
+        return ["--model.backbone", TINY_BACKBONES[model["backbone"]], "--model.pretrained", "false"]
     tiny = TINY_ADAPTER_OPTIONS[model["adapter"]]
     adapter_options = None if tiny is None else {**(model.get("adapter_options") or {}), **tiny}
     head_options = {**(model.get("head_options") or {}), **TINY_HEAD} if head == "mask2former" else TINY_FPN
@@ -176,10 +184,11 @@ EXPECTED_METHOD_FILES = (
     | {f"{m}_{b}" for m in ("freeze", "rein", "spectralmoe") for b in ("dinov2-vitl14", "clip-vitl14", "sam-vith")}
     | {f"{m}_eva02-vitl16" for m in ("freeze", "set", "fada", "rein", "depthforge", "spectralmoe")}
     | {"freeze_softcon-vitb14", "freeze_copernicusfm-vitb16"}
+    | {"freeze_galileo-base", "freeze_senpamae-vitb16", "dstc_resnet18"}
 )  # fmt: skip
 #: The every-task run covers the backbones before issue 12; the new ones run every method × both heads on
 #: one task (``test_every_method_trains_on_the_new_backbones``), which keeps the suite's time.
-ALL_TASK_METHOD_FILES = [p for p in METHOD_FILES if p.stem.split("_")[1] not in NEW_BACKBONES]
+ALL_TASK_METHOD_FILES = [p for p in GRID_METHOD_FILES if p.stem.split("_")[1] not in NEW_BACKBONES]
 
 
 def test_method_files_cover_the_paper_tables():
@@ -189,6 +198,10 @@ def test_method_files_cover_the_paper_tables():
         assert set(config) == {"model"}, f"{path}: a method file sets the model only"
         model = config["model"]
         method, backbone = path.stem.split("_")
+        if method == "dstc":  # the complete model: selected by architecture, nothing of the segmentor set
+            assert model["architecture"] == "dstc" and model["backbone"] == backbone, path
+            assert all(model[k] is None for k in ("adapter", "adapter_options", "head", "head_options", "depth"))
+            continue
         assert model["backbone"] == backbone and model["adapter"] == method.removesuffix("-e3"), path
         assert model["head"] == "mask2former", path
         options = model.get("adapter_options") or {}
@@ -247,6 +260,46 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
     keep the 196 runs within the suite's time)."""
     root, tiny_task = fake_roots[task_file.stem]
     validate = method_file.stem.startswith("spectralmoe")
+    _fit_two_steps(task_file, method_file, root, tiny_task, tmp_path, validate)
+
+
+@pytest.mark.parametrize("row", sorted(SINGLE_TASK_ROWS))
+def test_single_task_rows_train_two_steps_and_validate(row, fake_roots, tmp_path, monkeypatch):
+    """Galileo, SenPa-MAE (frozen) and DSTC: two steps and a validation on both target domains of one task;
+    the trained DSTC maps a GeoTIFF through predict-scene from its export and from its Lightning checkpoint
+    (same map; a complete model restores every tensor, so nothing is downloaded)."""
+    task_file = CONFIGS / "tasks" / f"{SINGLE_TASK_ROWS[row]}.yaml"
+    root, tiny_task = fake_roots[task_file.stem]
+    export = _fit_two_steps(task_file, CONFIGS / "methods" / f"{row}.yaml", root, tiny_task, tmp_path, True)
+    if not row.startswith("dstc"):  # frozen backbone: only the head trains
+        assert all(name.startswith("head.") for name in export["tensors"]), export["tensors"][:5]
+        return
+    assert export["build"]["architecture"] == "dstc" and export["build"]["backbone"] == "tiny-resnet18"
+    import rasterio
+    import torch
+
+    from spectralmoe.predict import predict_scene
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a restored DSTC must not fetch ImageNet weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    scene = np.random.default_rng(0).integers(0, 10000, (32, 40, 50)).astype(np.uint16)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=40, width=50, count=32,
+                       dtype="uint16") as dst:  # fmt: skip
+        dst.write(scene)
+    maps = []
+    for source in (tmp_path / "export", tmp_path / "ckpt" / "last.ckpt"):
+        predict_scene(source, tmp_path / "scene.tif", tmp_path / f"{source.stem}.tif", tile=32, overlap=8,
+                      progress=False, preview=False)  # fmt: skip
+        with rasterio.open(tmp_path / f"{source.stem}.tif") as out:
+            maps.append(out.read(1))
+    assert maps[0].shape == (40, 50) and np.array_equal(maps[0], maps[1])
+    assert set(np.unique(maps[0])) <= set(range(DG_TASKS[task_file.stem].num_classes))
+
+
+def _fit_two_steps(task_file: Path, method_file: Path, root: Path, tiny_task: Path, tmp_path: Path,
+                   validate: bool) -> dict[str, Any]:  # fmt: skip
     code = main([
         "fit", "-c", str(task_file), "-c", str(method_file), *tiny_model_args(method_file),
         "--data.root", str(root), "--data.task", str(tiny_task), "--data.batch_size", "2",
@@ -266,6 +319,7 @@ def test_every_task_and_method_trains_two_steps(task_file, method_file, fake_roo
     if validate:
         report = json.loads((tmp_path / "metrics_val_epoch1_step2.json").read_text())
         assert len(report["domains"]) == 2  # validated on both target domains
+    return export
 
 
 # ---------------------------------------------------------------- the backbones of issue 12, one task

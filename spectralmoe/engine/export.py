@@ -32,8 +32,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectralmoe
+from spectralmoe.models.dstc import DSTC
 from spectralmoe.models.factory import build_segmentor
 from spectralmoe.models.segmentor import Segmentor
+
+#: The model classes a task builds (``architecture`` "segmentor" / "dstc").
+_MODELS = (Segmentor, DSTC)
 
 __all__ = [
     "CONFIG_FILE",
@@ -79,10 +83,10 @@ def trainable_state_dict(model: Segmentor) -> dict[str, torch.Tensor]:
 
 def _resolve(obj: Any) -> tuple[Segmentor, dict[str, Any] | None, list[str] | None, list[Any] | None]:
     """A Segmentor, or a task exposing ``segmentor`` / ``build_config()`` / ``hparams``."""
-    if isinstance(obj, Segmentor):
+    if isinstance(obj, _MODELS):
         return obj, None, None, None
     segmentor = getattr(obj, "segmentor", None)
-    if not isinstance(segmentor, Segmentor):
+    if not isinstance(segmentor, _MODELS):
         raise TypeError(
             f"export_trainable needs a Segmentor or a SegmentationTask whose model is built, got {type(obj).__name__}"
         )
@@ -206,8 +210,11 @@ def load_exported(
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing weights file")
     tensors = load_file(str(weights_path), device="cpu")
+    # A complete model (DSTC) stores every tensor: nothing comes from pretrained weights (no ImageNet download).
+    complete = config.get("architecture", "segmentor") != "segmentor"
     model = build_segmentor(
-        **config, pretrained=pretrained, backbone_weights=backbone_weights, depth_weights=depth_weights
+        **config, pretrained=pretrained and not complete, backbone_weights=None if complete else backbone_weights,
+        depth_weights=depth_weights,
     )
     expected = trainable_state_keys(model)
     missing = [k for k in expected if k not in tensors]

@@ -47,6 +47,7 @@ and a light head leaves the adapter's query link unused.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import warnings
@@ -66,6 +67,24 @@ from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor
 from spectralmoe.models.segmentor import Segmentor
 
 __all__ = ["SegmentationTask"]
+
+#: True while ``SegmentationTask.load_from_checkpoint`` builds a model (see ``configure_model``).
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("loading_checkpoint", default=False)
+
+
+def _check_architecture(architecture: str, adapter: str | None, head: str | None, depth: str | None) -> None:
+    """The segmentor needs an adapter and a head; DSTC is complete and takes neither (explicit nulls)."""
+    if architecture == "segmentor":
+        if adapter is None or head is None:
+            raise ValueError(f"architecture 'segmentor' needs an adapter and a head, got adapter={adapter!r}, "
+                             f"head={head!r} (use adapter 'freeze' for no adapter)")  # fmt: skip
+    elif architecture == "dstc":
+        given = {k: v for k, v in (("adapter", adapter), ("head", head), ("depth", depth)) if v is not None}
+        if given:
+            raise ValueError(f"architecture 'dstc' is a complete model: set model.adapter, model.head and model.depth "
+                             f"to null (got {given})")  # fmt: skip
+    else:
+        raise ValueError(f"architecture must be 'segmentor' or 'dstc', got {architecture!r}")
 
 _PREFIX = "segmentor."
 _DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "in_bandwidths", "gsd_m", "pixel_mean",
@@ -95,6 +114,13 @@ class SegmentationTask(L.LightningModule):
             ``"pi"``, the pseudo-inverse resize).
         out_indices: backbone blocks whose tokens form the feature pyramid (default: preset's).
         gradient_checkpointing: recompute the frozen blocks in backward to save memory.
+        backbone_options: options of the backbone family (Galileo: ``month``, ``patch_size``,
+            ``normalization``; SenPa-MAE: ``response_curves``; DSTC: its sizes, e.g. ``fold``). A
+            ``gsd_m`` or ``in_bandwidths`` given here overrides ``model.gsd_m`` / ``model.in_bandwidths``.
+        architecture: ``"segmentor"`` (frozen backbone + adapter + head) or ``"dstc"``: the complete
+            DSTC model (``models/dstc.py``), where ``backbone`` names its preset (``resnet18``),
+            ``backbone_weights`` the ImageNet ResNet-18 file, and ``adapter``, ``head``, ``depth``
+            must be null.
         lr: AdamW learning rate (METHOD §5: 1e-4).
         weight_decay: AdamW weight decay of the decayed group (0.05); see ``engine.optim``.
         betas: AdamW betas.
@@ -133,8 +159,8 @@ class SegmentationTask(L.LightningModule):
     def __init__(
         self,
         backbone: str = "dinov3-vitl16",
-        adapter: str = "spectralmoe",
-        head: str = "mask2former",
+        adapter: str | None = "spectralmoe",
+        head: str | None = "mask2former",
         depth: str | None = DEFAULT_DEPTH,
         adapter_options: dict[str, Any] | None = None,
         head_options: dict[str, Any] | None = None,
@@ -145,6 +171,8 @@ class SegmentationTask(L.LightningModule):
         kernel_resize: Literal["bicubic", "pi"] = "bicubic",
         out_indices: list[int] | None = None,
         gradient_checkpointing: bool = False,
+        backbone_options: dict[str, Any] | None = None,
+        architecture: Literal["segmentor", "dstc"] = "segmentor",
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -185,6 +213,7 @@ class SegmentationTask(L.LightningModule):
             raise ValueError(f"band_wavelengths must be 'model' or 'data', got {band_wavelengths!r}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        _check_architecture(architecture, adapter, head, depth)
         self.save_hyperparameters()
         self.segmentor: Segmentor | None = None
         self._confusions: list[SegConfusion] = []
@@ -192,6 +221,16 @@ class SegmentationTask(L.LightningModule):
         self.last_metrics: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ building
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> "SegmentationTask":  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; while it runs, a complete model (DSTC) skips its ImageNet
+        initialisation, since every one of its tensors comes from the checkpoint."""
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(*args, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
+
     def _datamodule(self) -> Any:
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
@@ -249,8 +288,11 @@ class SegmentationTask(L.LightningModule):
     def build_config(self) -> dict[str, Any]:
         """``build_segmentor`` keyword arguments that define this model (what an export stores)."""
         hp = self.hparams
+        architecture = hp.get("architecture", "segmentor")
         return {
+            "architecture": architecture,
             "backbone": hp.backbone,
+            "backbone_kwargs": dict(hp.get("backbone_options") or {}),
             "adapter": hp.adapter,
             "head": hp.head,
             "depth": hp.depth,
@@ -274,16 +316,20 @@ class SegmentationTask(L.LightningModule):
             return
         self._fill_data_fields()
         hp = self.hparams
+        # A complete model (DSTC) loaded from a checkpoint gets every tensor from it: no ImageNet download.
+        restoring_complete = _LOADING_CHECKPOINT.get() and hp.get("architecture") == "dstc"
         self.segmentor = build_segmentor(
             **self.build_config(),
-            pretrained=hp.pretrained,
+            pretrained=hp.pretrained and not restoring_complete,
             backbone_weights=hp.backbone_weights,
             depth_weights=hp.depth_weights,
             gradient_checkpointing=hp.gradient_checkpointing,
         )
         report = parameter_report(self.segmentor)
+        what = (f"{hp.adapter} on {hp.backbone} with a {hp.head} head" if hp.get("architecture") != "dstc"
+                else f"DSTC ({hp.backbone} encoder)")  # fmt: skip
         rank_zero_info(
-            f"SegmentationTask: {hp.adapter} on {hp.backbone} with a {hp.head} head — "
+            f"SegmentationTask: {what} — "
             f"{report['method_trainable']:,} method + {report['head_trainable']:,} head trainable parameters, "
             f"{report['backbone_frozen'] + report['depth_frozen']:,} frozen"
         )

@@ -45,7 +45,11 @@ def method_breakdown(model: Segmentor) -> dict[str, int]:
 
 
 def parameter_report(model: Segmentor) -> dict[str, Any]:
-    """The numbers ``spectralmoe params`` prints."""
+    """The numbers ``spectralmoe params`` prints (a complete model such as DSTC: see ``dstc_report``)."""
+    from spectralmoe.models.dstc import DSTC
+
+    if isinstance(model, DSTC):
+        return dstc_report(model)
     method = count(model.adapter, trainable=True) + count(model.backbone, trainable=True)
     head = count(model.head, trainable=True)
     return {
@@ -76,3 +80,28 @@ def build_on_meta(**build_kwargs: Any) -> Segmentor:
 
     with quiet_random_init_warnings(), torch.device("meta"):
         return build_segmentor(pretrained=False, **build_kwargs)
+
+
+def dstc_report(model: Any) -> dict[str, Any]:
+    """DSTC's counts: every parameter trains; plus what the authors' 512 px position table would add.
+
+    The authors' ``ViT(image_size=512, patch_size=1)`` allocates 512² + 1 position rows of which only
+    the first supertokens + 1 are read; ``authors_total`` is our count with those unused rows added.
+    """
+    from spectralmoe.models.dstc import AUTHORS_IMAGE_SIZE
+
+    total = count(model, trainable=True)
+    table = model.transformer.pos_embedding
+    rows, dim = table.shape[1], table.shape[2]
+    unused = (AUTHORS_IMAGE_SIZE**2 + 1 - rows) * dim
+    return {
+        "method_trainable": total,
+        "method_breakdown": model.parameter_parts(),
+        "head_trainable": 0,
+        "total_trainable": total,
+        "backbone_frozen": count(model, trainable=False),
+        "depth_frozen": 0,
+        "position_rows": rows,
+        "authors_position_rows": AUTHORS_IMAGE_SIZE**2 + 1,
+        "authors_total": total + unused,
+    }

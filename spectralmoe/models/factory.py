@@ -7,16 +7,19 @@ width, depth width for the depth projection, Mask2Former queries = adapter token
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from spectralmoe.bands import DEFAULT_GSD_M, RGB_TARGETS_UM, default_bandwidths_um, get_sensor
 from spectralmoe.models.adapters import adapter_uses_depth, build_adapter
 from spectralmoe.models.backbones import build_backbone
+from spectralmoe.models.backbones.base import refuse_trainable_adapter
 from spectralmoe.models.depth import build_depth_encoder
 from spectralmoe.models.heads import build_head
 from spectralmoe.models.segmentor import DepthInput, Segmentor
 
 DEFAULT_DEPTH = "prompt-depth-anything-large"
+#: ``"segmentor"``: frozen backbone + adapter + head; ``"dstc"``: the complete DSTC model (``models/dstc.py``).
+Architecture = Literal["segmentor", "dstc"]
 
 
 def resolve_wavelengths(sensor: str | None, wavelengths: Sequence[float] | None) -> tuple[list[float], float]:
@@ -78,18 +81,29 @@ def build_segmentor(
     out_indices: Sequence[int] | None = None,
     kernel_resize: str = "bicubic",
     gradient_checkpointing: bool = False,
+    backbone_kwargs: dict[str, Any] | None = None,
+    architecture: Architecture = "segmentor",
 ) -> Segmentor:
     """Assemble backbone + (depth encoder) + adapter + head for ``num_classes`` classes.
 
     ``pretrained=False`` builds every frozen model with random weights (tests, parameter counts on
     the meta device); otherwise weights load with ``from_pretrained(weights or the preset's hub id)``.
     ``in_bandwidths`` (FWHM, µm, per band) and ``gsd_m`` (m) describe the input for the backbones that
-    use them (Copernicus-FM, SoftCon); None → the sensor's, else the documented defaults
-    (:func:`resolve_band_metadata`).
+    use them (Copernicus-FM, SoftCon, Galileo, SenPa-MAE); None → the sensor's, else the documented
+    defaults (:func:`resolve_band_metadata`). ``backbone_kwargs`` are options of the backbone family
+    (e.g. Galileo's ``month``). ``architecture="dstc"`` builds the complete DSTC model instead
+    (``backbone`` names its preset, ``backbone_kwargs`` its sizes, ``backbone_weights`` the ImageNet
+    ResNet-18 file); the adapter, head and depth arguments do not apply to it.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     band_wavelengths, sensor_scale = resolve_wavelengths(sensor, wavelengths)
+    if architecture == "dstc":
+        return _build_dstc(backbone, num_classes, band_wavelengths, sensor_scale, pretrained, backbone_weights,
+                           backbone_kwargs, pixel_mean, pixel_std, value_scale, adapter_kwargs, head_kwargs,
+                           out_indices)  # fmt: skip
+    if architecture != "segmentor":
+        raise ValueError(f"architecture must be 'segmentor' or 'dstc', got {architecture!r}")
     band_widths, band_gsd = resolve_band_metadata(sensor, band_wavelengths, in_bandwidths, gsd_m)
     adapter_kwargs = dict(adapter_kwargs or {})
     head_kwargs = dict(head_kwargs or {})
@@ -104,7 +118,9 @@ def build_segmentor(
         out_indices=out_indices,
         kernel_resize=kernel_resize,
         gradient_checkpointing=gradient_checkpointing,
+        options=backbone_kwargs,
     )
+    refuse_trainable_adapter(frozen, adapter)
     depth_encoder = None
     if adapter_uses_depth(adapter, **adapter_kwargs):
         if depth is None:
@@ -141,3 +157,19 @@ def build_segmentor(
         value_scale=value_scale if value_scale is not None else sensor_scale,
         depth_input=depth_input,
     )
+
+
+def _build_dstc(name: str, num_classes: int, wavelengths: list[float], sensor_scale: float, pretrained: bool,
+                weights: str | None, options: dict[str, Any] | None, pixel_mean: Sequence[float] | None,
+                pixel_std: Sequence[float] | None, value_scale: float | None, adapter_kwargs: dict[str, Any] | None,
+                head_kwargs: dict[str, Any] | None, out_indices: Sequence[int] | None) -> Any:  # fmt: skip
+    """The complete DSTC model; options of the segmentor parts are refused rather than ignored."""
+    from spectralmoe.models.dstc import build_dstc
+
+    given = {"adapter_kwargs": adapter_kwargs, "head_kwargs": head_kwargs, "out_indices": out_indices}
+    wrong = sorted(key for key, value in given.items() if value)
+    if wrong:
+        raise ValueError(f"architecture 'dstc' is a complete model without adapter, head or taps: drop {wrong}")
+    return build_dstc(name, num_classes=num_classes, wavelengths=wavelengths, pixel_mean=pixel_mean,
+                      pixel_std=pixel_std, value_scale=value_scale if value_scale is not None else sensor_scale,
+                      pretrained=pretrained, weights=weights, **dict(options or {}))  # fmt: skip

@@ -27,9 +27,18 @@ from spectralmoe.bands import RGB_TARGETS_UM, as_wavelength_list, wavelength_dis
 
 
 def resize_patch_kernel(
-    weight: torch.Tensor, new_size: int, method: Literal["bicubic", "pi"] = "bicubic"
+    weight: torch.Tensor,
+    new_size: int,
+    method: Literal["bicubic", "pi"] = "bicubic",
+    *,
+    pi_interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+    antialias: bool = False,
 ) -> torch.Tensor:
-    """Resize a conv kernel ``[out, in, k, k]`` to ``[out, in, new_size, new_size]``."""
+    """Resize a conv kernel ``[out, in, k, k]`` to ``[out, in, new_size, new_size]``.
+
+    ``pi_interpolation`` / ``antialias`` choose the patch resize whose pseudo-inverse ``"pi"`` uses
+    (bilinear here by default; Galileo's FlexiPatchEmbed uses bicubic with antialiasing).
+    """
     if weight.ndim != 4 or weight.shape[-1] != weight.shape[-2]:
         raise ValueError(f"expected a square conv kernel [out, in, k, k], got shape {tuple(weight.shape)}")
     old_size = weight.shape[-1]
@@ -40,17 +49,19 @@ def resize_patch_kernel(
             weight.dtype
         )
     if method == "pi":
-        resize_matrix = _bilinear_resize_matrix(old_size, new_size, weight.device)  # [new², old²]
+        resize_matrix = _resize_matrix(old_size, new_size, weight.device, pi_interpolation, antialias)  # [new², old²]
         pinv = torch.linalg.pinv(resize_matrix.T)  # [new², old²]
         flat = weight.float().reshape(-1, old_size * old_size)
         return (flat @ pinv.T).reshape(*weight.shape[:2], new_size, new_size).to(weight.dtype)
     raise ValueError(f"unknown kernel resize method {method!r}; use 'bicubic' or 'pi'")
 
 
-def _bilinear_resize_matrix(old_size: int, new_size: int, device: torch.device) -> torch.Tensor:
-    """The linear map of bilinearly resizing an old×old patch to new×new, as a [new², old²] matrix."""
+def _resize_matrix(
+    old_size: int, new_size: int, device: torch.device, mode: str = "bilinear", antialias: bool = False
+) -> torch.Tensor:
+    """The linear map of resizing an old×old patch to new×new (``mode``), as a [new², old²] matrix."""
     basis = torch.eye(old_size * old_size, device=device).reshape(-1, 1, old_size, old_size)
-    resized = F.interpolate(basis, size=(new_size, new_size), mode="bilinear", align_corners=False)
+    resized = F.interpolate(basis, size=(new_size, new_size), mode=mode, align_corners=False, antialias=antialias)
     return resized.reshape(old_size * old_size, new_size * new_size).T
 
 

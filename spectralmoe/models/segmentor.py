@@ -19,7 +19,7 @@ from torch import nn
 
 from spectralmoe.bands import as_wavelength_list, rgb_band_indices
 from spectralmoe.models.adapters.base import Adapter
-from spectralmoe.models.backbones.base import FrozenBackbone
+from spectralmoe.models.backbones.base import FrozenBackbone, refuse_trainable_adapter
 
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # stride 16 tokens → strides 4, 8, 16, 32
 DepthInput = Literal["percentile", "scale"]
@@ -75,6 +75,7 @@ class Segmentor(nn.Module):
             raise ValueError(f"{num_bands} bands but {len(mean)} means and {len(std)} stds")
         if any(s <= 0 for s in std):
             raise ValueError(f"pixel_std must be positive, got {std}")
+        refuse_trainable_adapter(backbone, adapter)
         if adapter.needs_depth and depth_encoder is None:
             raise ValueError(f"{type(adapter).__name__} needs depth tokens but no depth_encoder was given")
         if depth_input not in ("percentile", "scale"):

@@ -35,6 +35,8 @@ class FrozenBackbone(nn.Module, ABC):
     patch_size: int
     out_indices: tuple[int, ...]
     blocks: nn.ModuleList
+    #: Why no trainable adapter can run on this backbone (None: every adapter can).
+    adapter_refusal: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,3 +72,13 @@ class FrozenBackbone(nn.Module, ABC):
         h, w = grid
         patches = tokens[:, tokens.shape[1] - h * w:]
         return patches.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+def refuse_trainable_adapter(backbone: nn.Module, adapter: object) -> None:
+    """Raise when ``backbone`` only runs frozen and ``adapter`` (a name or an Adapter) is not the Freeze baseline."""
+    reason = getattr(backbone, "adapter_refusal", None)
+    if reason is None:
+        return
+    name = adapter if isinstance(adapter, str) else type(adapter).__name__.lower()
+    if name not in ("freeze", "adapter"):  # ``Adapter()`` itself is the Freeze baseline too
+        raise ValueError(f"adapter {name!r} cannot run on {type(backbone).__name__}: {reason}. Use adapter='freeze'.")

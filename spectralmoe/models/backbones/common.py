@@ -57,12 +57,16 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """``[M]`` positions → ``[M, dim]``: sines then cosines at frequencies 10000^(-i/(dim/2)) (MAE rule)."""
+def sincos_embedding_1d(dim: int, positions: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
+    """``[M]`` positions → ``[M, dim]``: sines then cosines at frequencies temperature^(-i/(dim/2)) (MAE rule).
+
+    Galileo's tables use temperature 10: its code divides the exponent by 2·dim instead of dim/2, and
+    10000^(-i/(2·dim)) = 10^(-i/(dim/2)).
+    """
     if dim % 2:
         raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
     omega = torch.arange(dim // 2, dtype=torch.float32, device=positions.device) / (dim / 2.0)
-    omega = 1.0 / (10000.0**omega)
+    omega = 1.0 / (temperature**omega)
     angles = positions.reshape(-1).float()[:, None] * omega[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 

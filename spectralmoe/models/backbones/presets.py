@@ -159,6 +159,9 @@ WRITTEN_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "eva02": ("EVA02_CONFIGS", "build_eva02_backbone", ("kernel_resize",)),
     "softcon": ("SOFTCON_CONFIGS", "build_softcon_backbone", ("in_bandwidths", "kernel_resize")),
     "copernicusfm": ("COPERNICUSFM_CONFIGS", "build_copernicusfm_backbone", ("in_bandwidths", "gsd_m")),
+    # Frozen-only families with several tokens per patch position; they also take family options.
+    "galileo": ("GALILEO_CONFIGS", "build_galileo_backbone", ("in_bandwidths", "gsd_m", "options")),
+    "senpamae": ("SENPAMAE_CONFIGS", "build_senpamae_backbone", ("in_bandwidths", "gsd_m", "options")),
 }
 
 
@@ -204,6 +207,7 @@ def build_backbone(
     out_indices: Sequence[int] | None = None,
     kernel_resize: KernelResize = "bicubic",
     gradient_checkpointing: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> FrozenBackbone:
     """Build a frozen backbone by name.
 
@@ -221,11 +225,16 @@ def build_backbone(
         out_indices: blocks tapped for the decoder (default: the preset's).
         kernel_resize: how patch-14 kernels become 16×16: "bicubic" (authors' converters) or "pi" (FlexiViT).
         gradient_checkpointing: recompute block activations in backward to save memory.
+        options: options of the backbone family (Galileo's ``month``, ``patch_size``, ``normalization``;
+            SenPa-MAE's ``response_curves``; see their builders). A family without options refuses them.
     """
     if name not in BACKBONE_PRESETS:
-        optional = {"in_bandwidths": in_bandwidths, "gsd_m": gsd_m, "kernel_resize": kernel_resize}
+        optional = {"in_bandwidths": in_bandwidths, "gsd_m": gsd_m, "kernel_resize": kernel_resize,
+                    "options": dict(options or {})}  # fmt: skip
         return _build_written(name, optional, in_wavelengths=in_wavelengths, pretrained=pretrained, weights=weights,
                               out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+    if options:
+        raise ValueError(f"backbone {name!r} takes no backbone options, got {sorted(options)}")
     preset = BACKBONE_PRESETS[name]
     if pretrained:
         source = weights if weights is not None else preset.default_weights()
@@ -271,5 +280,11 @@ def _build_written(name: str, optional: dict[str, Any], **kwargs: Any) -> Frozen
         raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}{why}")  # fmt: skip
     module, family = names[name]
     _, builder, accepted = WRITTEN_FAMILIES[family]
-    kwargs.update({key: optional[key] for key in accepted})
-    return getattr(module, builder)(name, **kwargs)
+    options = optional.pop("options")
+    if options and "options" not in accepted:
+        raise ValueError(f"backbone {name!r} takes no backbone options, got {sorted(options)}")
+    kwargs.update({key: optional[key] for key in accepted if key != "options"})
+    for key in ("in_bandwidths", "gsd_m"):  # given as a family option, they override the sensor's values
+        if key in options:
+            kwargs[key] = options.pop(key)
+    return getattr(module, builder)(name, **kwargs, **options)
