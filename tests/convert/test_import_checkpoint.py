@@ -222,3 +222,23 @@ def test_cli_import_writes_the_export_and_says_what_is_next(tmp_path, tiny_depth
     code = main(["import-checkpoint", str(ckpt), "--task", "flair", "--out", str(tmp_path / "bad"),
                  "--backbone", "tiny-dinov3", "--depth", tiny_depth_preset])  # fmt: skip
     assert code == 2 and "12" in capsys.readouterr().err
+
+
+def test_an_imported_model_carries_its_protocol_into_the_task(tmp_path):
+    from spectralmoe.engine.task import SegmentationTask
+
+    head = random_mmdet_head(replace_query_feat=True, **HEAD)
+    torch.save({**released_rein_state(), **{f"decode_head.{k}": v for k, v in head.items()}}, tmp_path / "r.pth")
+    export = str(import_checkpoint(tmp_path / "r.pth", tmp_path / "e", task="fbp-cross-sensor",
+                                   backbone="tiny-dinov2").export)  # fmt: skip
+    facts = {"num_classes": 24, "class_names": list(TASK.classes), "pretrained": False}
+    task = SegmentationTask(export=export, eval_mode="whole", **facts)
+    task.configure_model()
+    assert task.evaluation_settings() == {"mode": "slide", "crop": 512, "stride": 341, "pad": False}
+    assert (task.hparams.backbone, task.hparams.adapter) == ("tiny-dinov2", "rein")  # the export's, not the defaults
+    own = SegmentationTask(export=export, eval_protocol="task", eval_mode="whole", **facts)
+    own.configure_model()
+    assert own.evaluation_settings() == {"mode": "whole", "crop": 512, "stride": None, "pad": True}
+    wrong = SegmentationTask(export=export, **{**facts, "class_names": list(reversed(TASK.classes))})
+    with pytest.raises(ValueError, match="same order"):
+        wrong.configure_model()
