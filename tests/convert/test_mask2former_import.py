@@ -28,9 +28,11 @@ ENC_FFN, DEC_FFN = 48, 96
 
 def random_mmdet_head(replace_query_feat: bool = False, seed: int = 0, *, dim: int = D, heads: int = HEADS,
                       enc: int = ENC, dec: int = DEC, queries: int = Q, classes: int = K,
-                      in_channels: tuple[int, ...] = IN_CHANNELS) -> dict[str, torch.Tensor]:  # fmt: skip
+                      in_channels: tuple[int, ...] = IN_CHANNELS, enc_ffn: int = ENC_FFN,
+                      dec_ffn: int = DEC_FFN) -> dict[str, torch.Tensor]:  # fmt: skip
     """mmdet names and shapes (CHECKPOINT_IMPORT.md §1) with non-trivial norms and far-reaching offsets."""
     D, HEADS, ENC, DEC, Q, K, IN_CHANNELS = dim, heads, enc, dec, queries, classes, in_channels  # noqa: N806
+    ENC_FFN, DEC_FFN = enc_ffn, dec_ffn  # noqa: N806
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int, scale: float = 0.3) -> torch.Tensor:
@@ -239,3 +241,23 @@ def test_unsupported_layouts_are_refused():
     converted, _ = convert_head_state_dict(wrong_shape)
     with pytest.raises(ValueError, match="class_predictor.weight"):
         load_head_weights(head, converted, False)
+
+
+@pytest.mark.parametrize("replace_query_feat, classes, tensors, parameters", [
+    (False, 24, 291, 20_540_889),  # SpectralMoE, GID (CHECKPOINT_IMPORT.md §1)
+    (True, 19, 292, 20_579_796),  # Rein, Cityscapes classes
+])  # fmt: skip
+def test_the_released_head_layout_at_full_size(replace_query_feat, classes, tensors, parameters):
+    """The paper's head (256 wide, 1024-channel features, 6 encoder / 9 decoder layers, 8 heads, 100 queries):
+    the tensor and parameter counts of a real checkpoint, read back as the paper's configuration."""
+    sd = random_mmdet_head(replace_query_feat, dim=256, heads=8, enc=6, dec=9, queries=100, classes=classes,
+                           in_channels=(1024,) * 4, enc_ffn=1024, dec_ffn=2048)  # fmt: skip
+    assert (len(sd), sum(v.numel() for v in sd.values())) == (tensors, parameters)
+    spec = infer_head_spec(sd)
+    assert (spec.hidden_dim, spec.num_heads, spec.encoder_layers, spec.decoder_layers) == (256, 8, 6, 9)
+    assert (spec.dim_feedforward, spec.encoder_feedforward_dim, spec.in_channels) == (2048, 1024, (1024,) * 4)
+    head = Mask2FormerHead(classes, in_channels=spec.in_channels, num_queries=100, **{
+        k: v for k, v in spec.head_kwargs().items() if k != "num_queries"})  # fmt: skip
+    converted, used = convert_head_state_dict(sd)
+    load_head_weights(head, converted, replace_query_feat)
+    assert set(used) == set(sd)
