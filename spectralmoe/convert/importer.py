@@ -236,7 +236,8 @@ def import_checkpoint(
         if meta_shapes != real_shapes:
             raise RuntimeError(f"internal: the imported {part} differs from the one build_segmentor makes")
         setattr(segmentor, part, real.eval())
-    if not all(v.device.type == "cpu" for k, v in segmentor.state_dict().items() if k in trainable_state_keys(segmentor)):
+    trainable = set(trainable_state_keys(segmentor))
+    if any(v.is_meta for k, v in segmentor.state_dict().items() if k in trainable):
         raise RuntimeError("internal: a trainable tensor of the imported model was not filled")
 
     evaluation = dict(evaluation if evaluation is not None else DEFAULT_EVALUATION[kind])
