@@ -29,6 +29,7 @@ __all__ = [
     "PatchEmbedRule",
     "adapt_patch_kernel",
     "convert_frozen_file",
+    "detect_visual_family",
     "dinov2_to_hf",
     "dinov3_to_hf",
     "find_depth_encoder",
@@ -269,6 +270,18 @@ def find_depth_encoder(sd: Mapping[str, torch.Tensor]) -> tuple[str | None, dict
         return None, {}
     prefix = found[0]  # the longest (most specific) prefix comes first
     return prefix, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def detect_visual_family(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """"dinov3" / "dinov2" for the visual backbone keys of an original-format file, None when it has none."""
+    keys = {k[len("backbone."):] if k.startswith("backbone.") else k for k in sd}
+    visual = {k for k in keys if not k.startswith(("depth_anything.", "pipeline.", "pretrained.", "depth_head."))
+              and not _DEPTH_UNUSED.match(k)}  # fmt: skip
+    if "storage_tokens" in visual or "rope_embed.periods" in visual:
+        return "dinov3"
+    if "pos_embed" in visual:
+        return "dinov2"
+    return None
 
 
 def convert_frozen_file(

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from spectralmoe.bands import get_sensor
-from spectralmoe.convert.frozen import FrozenModels, PatchEmbedRule, convert_frozen_file
+from spectralmoe.convert.frozen import FrozenModels, PatchEmbedRule, convert_frozen_file, detect_visual_family
 from spectralmoe.convert.mask2former import HeadSpec, convert_head_state_dict, infer_head_spec, load_head_weights
 from spectralmoe.convert.mmseg import config_hints, rein_options, route_state_dict, spectralmoe_options
 from spectralmoe.convert.safe_pickle import read_checkpoint
@@ -173,12 +173,14 @@ def import_checkpoint(
     frozen = FrozenModels()
     family = None
     if _is_file(backbone_weights):
-        name = backbone or DEFAULT_BACKBONE[kind]
+        file_state = read_checkpoint(backbone_weights).state_dict
+        detected = detect_visual_family(file_state)
+        name = backbone or (FAMILY_BACKBONE[detected] if detected else DEFAULT_BACKBONE[kind])
         preset = BACKBONE_PRESETS.get(name)
         if preset is None:
             raise ValueError(f"backbone {name!r}: only transformers presets can take a converted backbone file")
         frozen = convert_frozen_file(
-            read_checkpoint(backbone_weights).state_dict, str(backbone_weights),
+            file_state, str(backbone_weights),
             backbone_config=preset.config, backbone_family=None if backbone is None else preset.family,
             depth_config=DEPTH_PRESETS[depth_name].backbone if depth_name else None,
             num_bands=sensor.num_bands, patch_embed=patch_embed,
@@ -198,6 +200,15 @@ def import_checkpoint(
         )  # fmt: skip
         frozen.depth = depth_only.depth
     backbone_name = backbone or (FAMILY_BACKBONE[family] if family else DEFAULT_BACKBONE[kind])
+    if backbone_name.startswith("dofa"):
+        raise ValueError(
+            f"backbone {backbone_name!r}: the authors' DOFA wrapper hands all four maps to the head at stride 16 (its "
+            "rescaling is skipped, METHOD §3.4); our pyramid is 4/8/16/32, so a DOFA checkpoint would not run as trained"
+        )
+    expected_family = {"spectralmoe": "dinov3", "rein": "dinov2"}[kind]
+    preset_family = getattr(BACKBONE_PRESETS.get(backbone_name), "family", None)
+    if preset_family != expected_family:
+        notes.append(f"the released {kind} checkpoints use a {expected_family} backbone; {backbone_name} is UNVERIFIED")
     if frozen.depth is not None and frozen.depth.config.patch_size != 16:
         notes.append(f"depth encoder stored at patch {frozen.depth.config.patch_size}: its kernel is resized to 16 "
                      "bicubically and its position table interpolated when loaded (as the authors' converter does)")  # fmt: skip

@@ -242,3 +242,28 @@ def test_an_imported_model_carries_its_protocol_into_the_task(tmp_path):
     wrong = SegmentationTask(export=export, **{**facts, "class_names": list(reversed(TASK.classes))})
     with pytest.raises(ValueError, match="same order"):
         wrong.configure_model()
+
+
+def test_rein_with_its_converted_dinov2_file_and_refusals(tmp_path):
+    head = random_mmdet_head(replace_query_feat=True, **HEAD)
+    torch.save({**released_rein_state(), **{f"decode_head.{k}": v for k, v in head.items()}}, tmp_path / "r.pth")
+    dinov2 = ref.random_dinov2(64, 4, 128, grid=4, seed=3)  # Rein's convert_dinov2.py output: patch 16, 32×32 → 4×4
+    torch.save(dinov2, tmp_path / "dinov2_converted.pth")
+    # tiny-dinov2's MLP is 2x wide: give the file that width
+    result = import_checkpoint(tmp_path / "r.pth", tmp_path / "e", task="fbp-cross-sensor", backbone="tiny-dinov2",
+                               backbone_weights=tmp_path / "dinov2_converted.pth", patch_embed="cmod3")  # fmt: skip
+    assert result.frozen == ["backbone"]
+    model = load_exported(result.export)
+    image = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = ref.dinov2_blocks({**dinov2, "patch_embed.proj.weight": dinov2["patch_embed.proj.weight"][:, [0, 1, 2, 0]]},
+                                 image, heads=4)  # fmt: skip
+    with torch.no_grad():
+        tokens, grid = model.backbone.embed(image)
+        for layer in range(4):
+            tokens = model.backbone.run_block(layer, tokens, grid)
+    torch.testing.assert_close(tokens, expected[-1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="stride 16"):
+        import_checkpoint(tmp_path / "r.pth", tmp_path / "d", task="fbp-cross-sensor", backbone="dofa-vitl")
+    with pytest.raises(ValueError, match="dinov2 backbone but the model's backbone preset is dinov3"):
+        import_checkpoint(tmp_path / "r.pth", tmp_path / "d", task="fbp-cross-sensor", backbone="tiny-dinov3",
+                          backbone_weights=tmp_path / "dinov2_converted.pth", patch_embed="cmod3")  # fmt: skip
