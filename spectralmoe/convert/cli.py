@@ -63,6 +63,6 @@ def _run_import_checkpoint(args: argparse.Namespace) -> int:
         patch_embed=args.patch_embed, adapter_options=dict(args.adapter_options), evaluation=args.evaluation,
     )  # fmt: skip
     print(result.summary())
-    print(f"next: spectralmoe test -c configs/tasks/<task>.yaml --model.export {result.export}\n"
-          f"      spectralmoe predict-scene --checkpoint {result.export} --input SCENE.tif --output MAP.tif")  # fmt: skip
+    print(f"next: spectralmoe test -c configs/tasks/<task>.yaml --model.export {result.export}")
+    print(f"      spectralmoe predict-scene --checkpoint {result.export} --input SCENE.tif --output MAP.tif")
     return 0

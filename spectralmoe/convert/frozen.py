@@ -66,7 +66,9 @@ class _Mapper:
             raise ValueError(f"{self.where}: {key} filled twice")
         self.out[key] = value.detach().clone().contiguous()
 
-    def run(self, rules: Sequence[tuple[str, Callable[[re.Match[str], torch.Tensor], None]]]) -> dict[str, torch.Tensor]:
+    def run(
+        self, rules: Sequence[tuple[str, Callable[[re.Match[str], torch.Tensor], None]]]
+    ) -> dict[str, torch.Tensor]:
         compiled = [(re.compile(pattern + "$"), handler) for pattern, handler in rules]
         unknown = []
         for key, value in self.source.items():

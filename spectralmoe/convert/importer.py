@@ -162,7 +162,8 @@ def import_checkpoint(
     stored = (contents.meta.get("dataset_meta") or {}).get("classes")
     if stored and [_canonical(c) for c in stored] != [_canonical(c) for c in dg.classes]:
         raise ValueError(
-            f"{path}: the checkpoint's classes {list(stored)} are not task {dg.name!r}'s {list(dg.classes)} (same order)"
+            f"{path}: the checkpoint's classes {list(stored)} are not task {dg.name!r}'s {list(dg.classes)} "
+            "(same order)"
         )
     sensor = get_sensor(dg.source_sensors[0])
     mean, std = dg.stats("authors")
@@ -191,7 +192,9 @@ def import_checkpoint(
                          f"ImageNet buffers): {frozen.unused[:3]}…")  # fmt: skip
     if _is_file(depth_weights):
         if frozen.depth is not None:
-            raise ValueError(f"{backbone_weights} already holds the depth encoder; drop --depth-weights {depth_weights}")
+            raise ValueError(
+                f"{backbone_weights} already holds the depth encoder; drop --depth-weights {depth_weights}"
+            )
         if depth_name is None:
             raise ValueError(f"depth weights {depth_weights} given, but a {kind} model uses no depth model")
         depth_only = convert_frozen_file(
@@ -203,7 +206,8 @@ def import_checkpoint(
     if backbone_name.startswith("dofa"):
         raise ValueError(
             f"backbone {backbone_name!r}: the authors' DOFA wrapper hands all four maps to the head at stride 16 (its "
-            "rescaling is skipped, METHOD §3.4); our pyramid is 4/8/16/32, so a DOFA checkpoint would not run as trained"
+            "rescaling is skipped, METHOD §3.4); our pyramid is 4/8/16/32, so a DOFA checkpoint would not run as "
+            "trained"
         )
     expected_family = {"spectralmoe": "dinov3", "rein": "dinov2"}[kind]
     preset_family = getattr(BACKBONE_PRESETS.get(backbone_name), "family", None)
@@ -211,7 +215,8 @@ def import_checkpoint(
         notes.append(f"the released {kind} checkpoints use a {expected_family} backbone; {backbone_name} is UNVERIFIED")
     if frozen.depth is not None and frozen.depth.config.patch_size != 16:
         notes.append(f"depth encoder stored at patch {frozen.depth.config.patch_size}: its kernel is resized to 16 "
-                     "bicubically and its position table interpolated when loaded (as the authors' converter does)")  # fmt: skip
+                     "bicubically and its position table interpolated when loaded (as the authors' converter "
+                     "does)")  # fmt: skip
 
     # -- build the model on the meta device, put the real adapter and head in -----------------------------
     head_kwargs = spec.head_kwargs()
@@ -235,8 +240,8 @@ def import_checkpoint(
     if spec.in_channels != (width,) * 4:
         raise ValueError(f"{path}: the head reads features of {spec.in_channels} channels, the backbone gives {width}")
     depth_dim = segmentor.depth_encoder.embed_dim if segmentor.depth_encoder is not None else None
-    adapter = build_adapter(kind, embed_dim=width, num_layers=layers,
-                            num_prefix_tokens=segmentor.backbone.num_prefix_tokens, depth_dim=depth_dim, **options)  # fmt: skip
+    adapter = build_adapter(kind, embed_dim=width, num_layers=layers, depth_dim=depth_dim,
+                            num_prefix_tokens=segmentor.backbone.num_prefix_tokens, **options)  # fmt: skip
     adapter.load_official_state_dict(routed.adapter_state)
     head = build_head("mask2former", num_classes=spec.num_classes, in_channels=spec.in_channels, **head_kwargs)
     converted, _ = convert_head_state_dict(routed.head_state, f"{path}: decode_head")
@@ -253,7 +258,8 @@ def import_checkpoint(
 
     evaluation = dict(evaluation if evaluation is not None else DEFAULT_EVALUATION[kind])
     imported_from = {
-        "file": path.name, "sha256": sha256_of(path), "adapter_keys": f"backbone.{'depthmoe' if kind == 'spectralmoe' else 'reins'}.*",
+        "file": path.name, "sha256": sha256_of(path),
+        "adapter_keys": "backbone.depthmoe.*" if kind == "spectralmoe" else "backbone.reins.*",
         "format": "mmengine checkpoint" if contents.dropped or contents.meta else "state dict",
         "legacy_query_link": routed.legacy_query_link,
     }  # fmt: skip

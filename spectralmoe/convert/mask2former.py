@@ -159,7 +159,8 @@ _PD, _TD = "pixel_decoder.encoder.layers.\\1.", "transformer_module.decoder.laye
 _RULES: list[_Rule] = [
     (re.compile(rf"pixel_decoder\.input_convs\.(\d+)\.conv\.{_WB}$"),
      _rename("pixel_decoder.input_projections.\\1.0.\\2")),
-    (re.compile(rf"pixel_decoder\.input_convs\.(\d+)\.gn\.{_WB}$"), _rename("pixel_decoder.input_projections.\\1.1.\\2")),
+    (re.compile(rf"pixel_decoder\.input_convs\.(\d+)\.gn\.{_WB}$"),
+     _rename("pixel_decoder.input_projections.\\1.1.\\2")),
     (re.compile(r"pixel_decoder\.level_encoding\.weight$"), _rename("pixel_decoder.level_embed")),
     (re.compile(rf"{_ENC}self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.{_WB}$"),
      _rename(_PD + "self_attn.\\2.\\3")),

@@ -63,10 +63,13 @@ def route_state_dict(sd: Mapping[str, torch.Tensor], where: str = "checkpoint") 
     if unknown:
         hint = ""
         if any(k.startswith("backbone.") for k in unknown):
-            hint = (" — frozen backbone or depth-model weights (or another method's adapter, e.g. DepthForge's, which "
-                    "this importer does not know); give frozen weights with --backbone-weights/--depth-weights")  # fmt: skip
+            hint = (" — frozen backbone or depth-model weights (or another method's adapter, e.g. DepthForge's, "
+                    "which this importer does not know); give frozen weights with --backbone-weights/"
+                    "--depth-weights")  # fmt: skip
         shown = ", ".join(sorted(unknown)[:12]) + (" …" if len(unknown) > 12 else "")
-        raise KeyError(f"{where}: {len(unknown)} keys are neither the Mask2Former head nor a known adapter{hint}: {shown}")
+        raise KeyError(
+            f"{where}: {len(unknown)} keys are neither the Mask2Former head nor a known adapter{hint}: {shown}"
+        )
     present = [name for name, part in adapters.items() if part]
     if not head:
         raise KeyError(f"{where}: no decode_head.* keys (no Mask2Former head)")
@@ -82,7 +85,9 @@ def route_state_dict(sd: Mapping[str, torch.Tensor], where: str = "checkpoint") 
             raise KeyError(f"{where}: decode_head.token2query.* (Rein's old query link) beside a {adapter} adapter")
         clash = sorted(set(legacy) & set(routed.adapter_state))
         if clash:
-            raise KeyError(f"{where}: the query link is stored twice (decode_head.token2query and backbone.reins): {clash}")
+            raise KeyError(
+                f"{where}: the query link is stored twice (decode_head.token2query and backbone.reins): {clash}"
+            )
         routed.adapter_state.update(legacy)
         routed.legacy_query_link = True
         routed.notes.append("query link read from the legacy decode_head.token2query.* keys")
@@ -177,5 +182,8 @@ def config_hints(meta: Mapping[str, Any]) -> dict[str, Any]:
         values = {m.group(1) for m in pattern.finditer(text)}
         if len(values) == 1:
             value = values.pop()
-            hints[name] = int(value) if name == "top_k" else (value == "True" if name == "replace_query_feat" else value)
+            if name == "top_k":
+                hints[name] = int(value)
+            else:
+                hints[name] = value == "True" if name == "replace_query_feat" else value
     return hints

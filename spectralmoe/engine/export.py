@@ -235,7 +235,9 @@ def frozen_weights_path(folder: str | os.PathLike[str], part: str) -> str | None
     root = folder.resolve()
     target = (root / str(relative)).resolve()
     if Path(str(relative)).is_absolute() or root not in target.parents or not target.is_dir():
-        raise ValueError(f"{folder / CONFIG_FILE}: frozen {part} weights {relative!r} are not a folder inside the export")
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: frozen {part} weights {relative!r} are not a folder inside the export"
+        )
     return str(target)
 
 
@@ -263,8 +265,8 @@ def load_exported(
     Frozen parts come from their pretrained weights: the local ``backbone_weights`` /
     ``depth_weights`` folders when given, else the frozen weights shipped inside the export
     (``frozen/``, e.g. from ``spectralmoe import-checkpoint``), else the preset's hub id;
-    ``pretrained=False`` builds them randomly (tests). Missing or unexpected trainable tensors, or a shape mismatch, raise an error that
-    names them. The model is returned in eval mode on ``map_location``.
+    ``pretrained=False`` builds them randomly (tests). Missing or unexpected trainable tensors, or a
+    shape mismatch, raise an error that names them. The model is returned in eval mode on ``map_location``.
     """
     folder = Path(folder)
     info = read_export_config(folder)

@@ -68,6 +68,8 @@ from spectralmoe.models.segmentor import Segmentor
 __all__ = ["SegmentationTask"]
 
 _PREFIX = "segmentor."
+
+
 def _canonical(name: str) -> str:
     """Class names compared without case, spaces, underscores or hyphens ("bare_land" == "bareland")."""
     return "".join(ch for ch in str(name).lower() if ch not in " _-")
@@ -316,13 +318,16 @@ class SegmentationTask(L.LightningModule):
             raise ValueError(f"{where} predicts {build['num_classes']} classes, the data has {hp.num_classes}")
         theirs, ours = [_canonical(c) for c in info.get("classes") or []], [_canonical(c) for c in hp.class_names]
         if theirs and theirs != ours:
-            raise ValueError(f"{where}: classes {info['classes']} are not the data's {list(hp.class_names)} (same order)")
+            raise ValueError(
+                f"{where}: classes {info['classes']} are not the data's {list(hp.class_names)} (same order)"
+            )
         waves, scale = resolve_wavelengths(build.get("sensor"), build.get("wavelengths"))
         data_waves = self._datamodule_wavelengths()
         if data_waves is not None and (len(data_waves) != len(waves) or
                                        any(abs(a - b) > 1e-4 for a, b in zip(data_waves, waves))):  # fmt: skip
             raise ValueError(f"{where} was built for bands {waves} µm, the data's source sensor has {data_waves} µm")
-        hp.backbone, hp.adapter, hp.head = build["backbone"], build.get("adapter", "spectralmoe"), build.get("head")
+        hp.backbone, hp.adapter = build["backbone"], build.get("adapter", "spectralmoe")
+        hp.head = build.get("head", "mask2former")
         hp.depth = build.get("depth")
         hp.adapter_options, hp.head_options = build.get("adapter_kwargs") or {}, build.get("head_kwargs") or {}
         hp.wavelengths = [float(w) for w in waves]
@@ -334,7 +339,7 @@ class SegmentationTask(L.LightningModule):
         self._recorded_evaluation = export_evaluation(hp.export)
         if self._recorded_evaluation and hp.eval_protocol == "model":
             rank_zero_info(f"SegmentationTask: evaluating {hp.export} with its recorded protocol "
-                           f"{self._recorded_evaluation} (--model.eval_protocol task uses eval_mode/eval_crop/...)")  # fmt: skip
+                           f"{self._recorded_evaluation} (--model.eval_protocol task: use eval_mode/eval_crop/…)")
         self.save_hyperparameters(dict(hp))
 
     def _datamodule_wavelengths(self) -> list[float] | None:

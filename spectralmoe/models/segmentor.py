@@ -127,7 +127,8 @@ class Segmentor(nn.Module):
         if self.depth_input == "official":
             if wavelengths is not None:
                 given = torch.as_tensor(as_wavelength_list(wavelengths), dtype=torch.float32)
-                if given.shape != self.wavelengths.shape or not torch.allclose(given, self.wavelengths.cpu(), atol=1e-5):
+                own = self.wavelengths.cpu()
+                if given.shape != own.shape or not torch.allclose(given, own, atol=1e-5):
                     raise ValueError(
                         "depth_input='official' reads bands 2-4 of the model's own band order; feed images in that "
                         f"order ({self.wavelengths.tolist()} µm), not {as_wavelength_list(wavelengths)}"

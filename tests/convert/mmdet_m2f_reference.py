@@ -191,7 +191,8 @@ def head_forward(feats: list[Tensor], queries: Tensor, sd: SD, heads: int) -> tu
     for i, memory in enumerate(memories):
         h, w = memory.shape[-2:]
         keys.append(memory.flatten(2).permute(0, 2, 1) + sd["level_embed.weight"][i].view(1, 1, -1))
-        key_positions.append(sine_positions(batch, h, w, memory.shape[1] // 2, memory.dtype).flatten(2).permute(0, 2, 1))
+        positions = sine_positions(batch, h, w, memory.shape[1] // 2, memory.dtype)
+        key_positions.append(positions.flatten(2).permute(0, 2, 1))
     query_pos = queries.expand(batch, -1, -1)
     if "querys2feat.weight" in sd:
         query = linear(query_pos, sd, "querys2feat")

@@ -145,7 +145,8 @@ def test_spectralmoe_import_rebuilds_the_released_model(tmp_path, tiny_depth_pre
     square = torch.rand(1, 4, 64, 64, generator=torch.Generator().manual_seed(1)) * 255  # grid = the 4×4 table
     normalised = (square - torch.tensor(TASK.mean).view(1, 4, 1, 1)) / torch.tensor(TASK.std).view(1, 4, 1, 1)
     prefix = "depth_anything.pretrained."
-    depth_sd = {k[len(prefix):]: v for k, v in read_checkpoint(backbone_file).state_dict.items() if k.startswith(prefix)}
+    stored = read_checkpoint(backbone_file).state_dict
+    depth_sd = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
     seen = []
     handle = model.depth_encoder.register_forward_hook(lambda m, args, kwargs, out: seen.append((args, kwargs, out)),
                                                        with_kwargs=True)  # fmt: skip
@@ -172,7 +173,8 @@ def test_checks_against_the_task_and_the_checkpoint_config(tmp_path, tiny_depth_
     with pytest.raises(ValueError, match="24 classes, task 'flair' has 12"):
         import_checkpoint(ckpt, tmp_path / "e1", task="flair", **common)
     with pytest.raises(ValueError, match="config says 'laplace'"):
-        import_checkpoint(ckpt, tmp_path / "e2", task="fbp-cross-sensor", adapter_options={"gating": "softmax"}, **common)
+        import_checkpoint(ckpt, tmp_path / "e2", task="fbp-cross-sensor", adapter_options={"gating": "softmax"},
+                          **common)
     shuffled = tuple(reversed(AUTHORS_GID_CLASSES))
     head = random_mmdet_head(**HEAD)
     state = {**read_checkpoint(ckpt).state_dict, **{f"decode_head.{k}": v for k, v in head.items()}}
@@ -249,14 +251,13 @@ def test_rein_with_its_converted_dinov2_file_and_refusals(tmp_path):
     torch.save({**released_rein_state(), **{f"decode_head.{k}": v for k, v in head.items()}}, tmp_path / "r.pth")
     dinov2 = ref.random_dinov2(64, 4, 128, grid=4, seed=3)  # Rein's convert_dinov2.py output: patch 16, 32×32 → 4×4
     torch.save(dinov2, tmp_path / "dinov2_converted.pth")
-    # tiny-dinov2's MLP is 2x wide: give the file that width
     result = import_checkpoint(tmp_path / "r.pth", tmp_path / "e", task="fbp-cross-sensor", backbone="tiny-dinov2",
                                backbone_weights=tmp_path / "dinov2_converted.pth", patch_embed="cmod3")  # fmt: skip
     assert result.frozen == ["backbone"]
     model = load_exported(result.export)
     image = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
-    expected = ref.dinov2_blocks({**dinov2, "patch_embed.proj.weight": dinov2["patch_embed.proj.weight"][:, [0, 1, 2, 0]]},
-                                 image, heads=4)  # fmt: skip
+    cmod3 = {**dinov2, "patch_embed.proj.weight": dinov2["patch_embed.proj.weight"][:, [0, 1, 2, 0]]}
+    expected = ref.dinov2_blocks(cmod3, image, heads=4)
     with torch.no_grad():
         tokens, grid = model.backbone.embed(image)
         for layer in range(4):

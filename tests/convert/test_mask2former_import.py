@@ -64,7 +64,8 @@ def random_mmdet_head(replace_query_feat: bool = False, seed: int = 0, *, dim: i
     sd.update(norm("pixel_decoder.lateral_convs.0.gn"))
     sd["pixel_decoder.output_convs.0.conv.weight"] = rand(D, D, 3, 3, scale=0.05)
     sd.update(norm("pixel_decoder.output_convs.0.gn"))
-    sd["pixel_decoder.mask_feature.weight"], sd["pixel_decoder.mask_feature.bias"] = rand(D, D, 1, 1, scale=0.1), rand(D)
+    sd["pixel_decoder.mask_feature.weight"] = rand(D, D, 1, 1, scale=0.1)
+    sd["pixel_decoder.mask_feature.bias"] = rand(D)
     for layer in range(DEC):
         p = f"transformer_decoder.layers.{layer}"
         for attn in ("self_attn", "cross_attn"):
@@ -187,7 +188,8 @@ def _swap_q_k(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 NEGATIVE_CONTROLS = {
-    "decoder norms.0 <-> norms.1 (the DETR order)": lambda sd: _exchange(sd, "norms.0", "norms.1", "transformer_decoder"),
+    "decoder norms.0 <-> norms.1 (the DETR order)":
+        lambda sd: _exchange(sd, "norms.0", "norms.1", "transformer_decoder"),
     "self-attention q and k slices swapped": _swap_q_k,
     "input_convs in reverse level order": lambda sd: _exchange(sd, "input_convs.0.", "input_convs.2."),
     "mask_embed.2 and mask_embed.4 exchanged": lambda sd: _exchange(sd, "mask_embed.2.", "mask_embed.4."),
