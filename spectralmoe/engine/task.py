@@ -58,7 +58,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from spectralmoe.engine.export import export_evaluation, load_exported, read_export_config, trainable_state_keys
+from spectralmoe.engine.export import (
+    export_evaluation,
+    frozen_weights_path,
+    load_exported,
+    read_export_config,
+    trainable_state_keys,
+)
 from spectralmoe.engine.metrics import SegConfusion, summarize, write_report
 from spectralmoe.engine.optim import build_param_groups, build_poly_scheduler
 from spectralmoe.models.accounting import parameter_report
@@ -336,6 +342,9 @@ class SegmentationTask(L.LightningModule):
         hp.value_scale = float(build.get("value_scale") or scale)
         hp.depth_input = build.get("depth_input", "percentile")
         hp.kernel_resize = build.get("kernel_resize", "bicubic")
+        # Record the shipped frozen weights in the hparams, so checkpoints of a fine-tuning run reload them too.
+        hp.backbone_weights = hp.backbone_weights or frozen_weights_path(hp.export, "backbone")
+        hp.depth_weights = hp.depth_weights or frozen_weights_path(hp.export, "depth")
         self._recorded_evaluation = export_evaluation(hp.export)
         if self._recorded_evaluation and hp.eval_protocol == "model":
             rank_zero_info(f"SegmentationTask: evaluating {hp.export} with its recorded protocol "
