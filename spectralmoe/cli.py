@@ -470,6 +470,7 @@ def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectralmoe.convert.cli import add_import_checkpoint_parser
     from spectralmoe.demo import add_demo_parser
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_scene_parser(subparsers)
     add_viz_parser(subparsers)
     add_demo_parser(subparsers)
+    add_import_checkpoint_parser(subparsers)
     return parser
 
 

@@ -9,7 +9,10 @@ everything needed to rebuild the rest::
       model.safetensors   trainable parameters (+ persistent buffers of the trained parts)
       spectralmoe.json    format, package version, build_segmentor kwargs (backbone, adapter, head,
                           depth, their options, wavelengths, normalisation, num_classes…),
-                          class names, palette, tensor names, free metadata
+                          class names, palette, tensor names, free metadata; for imported models
+                          also their evaluation protocol and source file (name, SHA-256)
+      frozen/<part>/      frozen weights shipped with the model (``save_pretrained`` folders), when
+                          they are not published anywhere else (the authors' converted backbone)
 
 ``load_exported(folder)`` rebuilds the model with ``build_segmentor`` (frozen parts from their
 pretrained weights, or random with ``pretrained=False`` in tests) and loads the trainable tensors
@@ -49,6 +52,8 @@ __all__ = [
     "read_export_config",
     "trainable_state_dict",
     "trainable_state_keys",
+    "export_evaluation",
+    "frozen_weights_path",
 ]
 
 EXPORT_FORMAT = "spectralmoe-export/1"
@@ -57,6 +62,11 @@ CONFIG_FILE = "spectralmoe.json"
 #: Top-level Segmentor children whose buffers are rebuilt, never stored (their parameters are
 #: frozen too, except methods living inside the backbone such as LoRA, which ARE stored).
 FROZEN_MODULES = ("backbone", "depth_encoder")
+#: Folder of the frozen weights an export may ship, and the parts it may hold.
+FROZEN_DIR = "frozen"
+_FROZEN_PARTS = {"backbone": "backbone_weights", "depth": "depth_weights"}
+#: Keywords of an export's evaluation protocol (``Segmentor.predict_logits`` arguments).
+EVALUATION_KEYS = {"mode": str, "crop": int, "stride": int, "pad": bool}
 #: build_segmentor arguments that are runtime choices, not part of a model's identity.
 _RUNTIME_KWARGS = {"pretrained", "backbone_weights", "depth_weights", "gradient_checkpointing"}
 
@@ -113,6 +123,9 @@ def export_trainable(
     class_names: Sequence[str] | None = None,
     palette: Sequence[Sequence[int]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    imported_from: Mapping[str, Any] | None = None,
+    frozen_models: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the trainable tensors of ``model`` and its build recipe into ``folder``.
 
@@ -125,6 +138,11 @@ def export_trainable(
             paths); overrides the task's.
         class_names, palette: override the task's.
         metadata: free JSON-serialisable facts (epoch, step, monitored metric…).
+        evaluation: the evaluation protocol the model was validated with, as ``Segmentor.predict_logits``
+            keywords (``mode``, ``crop``, ``stride``, ``pad``); ``spectralmoe test`` applies it.
+        imported_from: where an imported model came from (file name, SHA-256, format).
+        frozen_models: frozen parts to ship inside the export, ``{"backbone" | "depth": model}`` (objects
+            with ``save_pretrained``); ``load_exported`` then loads them unless told otherwise.
 
     Returns:
         The folder.
@@ -153,6 +171,15 @@ def export_trainable(
         "trainable_parameters": int(sum(v.numel() for k, v in tensors.items())),
         "metadata": dict(metadata or {}),
     }
+    if evaluation is not None:
+        info["evaluation"] = _check_evaluation(evaluation, "export_trainable")
+    if imported_from is not None:
+        info["imported_from"] = dict(imported_from)
+    unknown_parts = sorted(set(frozen_models or {}) - set(_FROZEN_PARTS))
+    if unknown_parts:
+        raise ValueError(f"export_trainable: frozen_models may hold {list(_FROZEN_PARTS)}, got {unknown_parts}")
+    if frozen_models:
+        info["frozen_weights"] = {part: f"{FROZEN_DIR}/{part}" for part in frozen_models}
     text = json.dumps(info, indent=2, allow_nan=False)  # fails here, before touching the disk
 
     folder = Path(folder)
@@ -163,6 +190,8 @@ def export_trainable(
     try:
         os.chmod(staging, 0o755)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
+        for part, frozen in (frozen_models or {}).items():
+            frozen.save_pretrained(str(staging / FROZEN_DIR / part))
         (staging / CONFIG_FILE).write_text(text + "\n")
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
@@ -175,6 +204,45 @@ def export_trainable(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _check_evaluation(evaluation: Mapping[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(evaluation) - set(EVALUATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown evaluation setting(s) {unknown}; allowed: {sorted(EVALUATION_KEYS)}")
+    for key, value in evaluation.items():
+        kind = EVALUATION_KEYS[key]
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise ValueError(f"{where}: evaluation {key!r} must be {kind.__name__}, got {value!r}")
+    if evaluation.get("mode") not in (None, "whole", "slide"):
+        raise ValueError(f"{where}: evaluation mode must be 'whole' or 'slide', got {evaluation['mode']!r}")
+    return dict(evaluation)
+
+
+def export_evaluation(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The evaluation protocol recorded in an export (``predict_logits`` keywords; empty when none)."""
+    info = read_export_config(folder)
+    return _check_evaluation(info.get("evaluation") or {}, str(Path(folder) / CONFIG_FILE))
+
+
+def frozen_weights_path(folder: str | os.PathLike[str], part: str) -> str | None:
+    """The folder of the frozen ``part`` ("backbone" | "depth") shipped inside an export, else None.
+
+    The path in ``spectralmoe.json`` must stay inside the export folder (a shared export cannot point a
+    reader at files elsewhere on their machine).
+    """
+    folder = Path(folder)
+    info = read_export_config(folder)
+    relative = (info.get("frozen_weights") or {}).get(part)
+    if relative is None:
+        return None
+    root = folder.resolve()
+    target = (root / str(relative)).resolve()
+    if Path(str(relative)).is_absolute() or root not in target.parents or not target.is_dir():
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: frozen {part} weights {relative!r} are not a folder inside the export"
+        )
+    return str(target)
 
 
 def read_export_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -198,10 +266,11 @@ def load_exported(
 ) -> Segmentor:
     """Rebuild the Segmentor of an export and load its trainable tensors strictly.
 
-    Frozen parts come from their pretrained weights (hub id of the preset, or the local
-    ``backbone_weights`` / ``depth_weights`` folders); ``pretrained=False`` builds them randomly
-    (tests). Missing or unexpected trainable tensors, or a shape mismatch, raise an error that
-    names them. The model is returned in eval mode on ``map_location``.
+    Frozen parts come from their pretrained weights: the local ``backbone_weights`` /
+    ``depth_weights`` folders when given, else the frozen weights shipped inside the export
+    (``frozen/``, e.g. from ``spectralmoe import-checkpoint``), else the preset's hub id;
+    ``pretrained=False`` builds them randomly (tests). Missing or unexpected trainable tensors, or a
+    shape mismatch, raise an error that names them. The model is returned in eval mode on ``map_location``.
     """
     folder = Path(folder)
     info = read_export_config(folder)
@@ -212,6 +281,9 @@ def load_exported(
     tensors = load_file(str(weights_path), device="cpu")
     # A complete model (DSTC) stores every tensor: nothing comes from pretrained weights (no ImageNet download).
     complete = config.get("architecture", "segmentor") != "segmentor"
+    if pretrained and not complete:
+        backbone_weights = backbone_weights or frozen_weights_path(folder, "backbone")
+        depth_weights = depth_weights or frozen_weights_path(folder, "depth")
     model = build_segmentor(
         **config, pretrained=pretrained and not complete, backbone_weights=None if complete else backbone_weights,
         depth_weights=depth_weights,

@@ -59,11 +59,17 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from spectralmoe.engine.export import trainable_state_keys
+from spectralmoe.engine.export import (
+    export_evaluation,
+    frozen_weights_path,
+    load_exported,
+    read_export_config,
+    trainable_state_keys,
+)
 from spectralmoe.engine.metrics import SegConfusion, summarize, write_report
 from spectralmoe.engine.optim import build_param_groups, build_poly_scheduler
 from spectralmoe.models.accounting import parameter_report
-from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor
+from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor, resolve_wavelengths
 from spectralmoe.models.segmentor import Segmentor
 
 __all__ = ["SegmentationTask"]
@@ -87,6 +93,13 @@ def _check_architecture(architecture: str, adapter: str | None, head: str | None
         raise ValueError(f"architecture must be 'segmentor' or 'dstc', got {architecture!r}")
 
 _PREFIX = "segmentor."
+
+
+def _canonical(name: str) -> str:
+    """Class names compared without case, spaces, underscores or hyphens ("bare_land" == "bareland")."""
+    return "".join(ch for ch in str(name).lower() if ch not in " _-")
+
+
 _DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "in_bandwidths", "gsd_m", "pixel_mean",
                 "pixel_std", "value_scale")  # fmt: skip
 
@@ -109,7 +122,8 @@ class SegmentationTask(L.LightningModule):
         backbone_weights: local folder or hub id of the backbone weights (default: the preset's).
         depth_weights: local folder or hub id of the depth model weights (default: the preset's).
         depth_input: how R, G, B reach the depth model: per-image 2–98 % ``"percentile"``
-            stretch, or division by ``value_scale`` (``"scale"``).
+            stretch, or division by ``value_scale`` (``"scale"``); ``"official"`` is the authors' released
+            code (bands 2–4 of the normalised input, for their checkpoints; see ``Segmentor``).
         kernel_resize: rule for resizing pretrained patch kernels (``"bicubic"``, the authors'; or
             ``"pi"``, the pseudo-inverse resize).
         out_indices: backbone blocks whose tokens form the feature pyramid (default: preset's).
@@ -132,6 +146,16 @@ class SegmentationTask(L.LightningModule):
         eval_mode: ``"whole"`` tiles (the authors') or ``"slide"`` windows at validation/test/predict.
         eval_crop: window size for ``"slide"``.
         eval_stride: window stride for ``"slide"`` (default 2/3 of ``eval_crop``).
+        eval_pad: pad inputs to a multiple of the patch size (False: the authors' mmseg test, where a
+            size that is not a multiple is an error).
+        export: an export folder whose model this task evaluates (e.g. written by ``spectralmoe
+            import-checkpoint``): its build recipe replaces ``backbone``, ``adapter``, ``head``, ``depth``,
+            their options and the normalisation, its tensors are loaded, and its frozen weights are used
+            unless ``backbone_weights``/``depth_weights`` are given. Its classes must be the data's.
+        eval_protocol: ``"model"`` (default): a model that records the evaluation protocol it was tested
+            with (an imported model does: whole images without padding for SpectralMoE, 512/341 windows
+            for Rein) is evaluated with it, in place of ``eval_mode``/``eval_crop``/``eval_stride``/
+            ``eval_pad``; ``"task"``: always use those four settings.
         metrics_dir: folder of the metrics JSON/CSV files (default: the trainer's log dir).
         band_wavelengths: which wavelengths describe a batch's bands. ``"model"`` (default, the
             paper's protocol): every tile is fed as if it had the training sensor's bands — an
@@ -167,7 +191,7 @@ class SegmentationTask(L.LightningModule):
         pretrained: bool = True,
         backbone_weights: str | None = None,
         depth_weights: str | None = None,
-        depth_input: Literal["percentile", "scale"] = "percentile",
+        depth_input: Literal["percentile", "scale", "official"] = "percentile",
         kernel_resize: Literal["bicubic", "pi"] = "bicubic",
         out_indices: list[int] | None = None,
         gradient_checkpointing: bool = False,
@@ -184,6 +208,9 @@ class SegmentationTask(L.LightningModule):
         eval_mode: Literal["whole", "slide"] = "whole",
         eval_crop: int = 512,
         eval_stride: int | None = None,
+        eval_pad: bool = True,
+        export: str | None = None,
+        eval_protocol: Literal["model", "task"] = "model",
         metrics_dir: str | None = None,
         band_wavelengths: Literal["model", "data"] = "model",
         seed: int | None = None,
@@ -209,6 +236,8 @@ class SegmentationTask(L.LightningModule):
             raise ValueError(f"eval_mode must be 'whole' or 'slide', got {eval_mode!r}")
         if eval_crop < 1 or (eval_stride is not None and not 0 < eval_stride <= eval_crop):
             raise ValueError(f"need eval_crop >= 1 and 0 < eval_stride <= eval_crop, got {eval_crop}, {eval_stride}")
+        if eval_protocol not in ("model", "task"):
+            raise ValueError(f"eval_protocol must be 'model' or 'task', got {eval_protocol!r}")
         if band_wavelengths not in ("model", "data"):
             raise ValueError(f"band_wavelengths must be 'model' or 'data', got {band_wavelengths!r}")
         if num_classes is not None and num_classes < 1:
@@ -216,6 +245,8 @@ class SegmentationTask(L.LightningModule):
         _check_architecture(architecture, adapter, head, depth)
         self.save_hyperparameters()
         self.segmentor: Segmentor | None = None
+        #: the evaluation protocol recorded in ``export`` (``predict_logits`` keywords), once built
+        self._recorded_evaluation: dict[str, Any] = {}
         self._confusions: list[SegConfusion] = []
         #: The report of the last validation/test epoch (what the JSON file holds).
         self.last_metrics: dict[str, Any] | None = None
@@ -316,15 +347,22 @@ class SegmentationTask(L.LightningModule):
             return
         self._fill_data_fields()
         hp = self.hparams
-        # A complete model (DSTC) loaded from a checkpoint gets every tensor from it: no ImageNet download.
-        restoring_complete = _LOADING_CHECKPOINT.get() and hp.get("architecture") == "dstc"
-        self.segmentor = build_segmentor(
-            **self.build_config(),
-            pretrained=hp.pretrained and not restoring_complete,
-            backbone_weights=hp.backbone_weights,
-            depth_weights=hp.depth_weights,
-            gradient_checkpointing=hp.gradient_checkpointing,
-        )
+        if hp.export is not None:
+            self._adopt_export()
+            self.segmentor = load_exported(hp.export, backbone_weights=hp.backbone_weights,
+                                           depth_weights=hp.depth_weights, pretrained=hp.pretrained)  # fmt: skip
+            if hp.gradient_checkpointing and hasattr(self.segmentor, "backbone"):
+                self.segmentor.backbone.gradient_checkpointing = True
+        else:
+            # A complete model (DSTC) loaded from a checkpoint gets every tensor from it: no ImageNet download.
+            restoring_complete = _LOADING_CHECKPOINT.get() and hp.get("architecture") == "dstc"
+            self.segmentor = build_segmentor(
+                **self.build_config(),
+                pretrained=hp.pretrained and not restoring_complete,
+                backbone_weights=hp.backbone_weights,
+                depth_weights=hp.depth_weights,
+                gradient_checkpointing=hp.gradient_checkpointing,
+            )
         report = parameter_report(self.segmentor)
         what = (f"{hp.adapter} on {hp.backbone} with a {hp.head} head" if hp.get("architecture") != "dstc"
                 else f"DSTC ({hp.backbone} encoder)")  # fmt: skip
@@ -333,6 +371,61 @@ class SegmentationTask(L.LightningModule):
             f"{report['method_trainable']:,} method + {report['head_trainable']:,} head trainable parameters, "
             f"{report['backbone_frozen'] + report['depth_frozen']:,} frozen"
         )
+
+    def _adopt_export(self) -> None:
+        """Take the model-defining settings from ``export`` (after the data's facts were filled in) and check
+        that the export predicts the data's classes with the data's bands."""
+        hp = self.hparams
+        info = read_export_config(hp.export)
+        build = info["build"]
+        where = f"export {hp.export}"
+        if int(build["num_classes"]) != int(hp.num_classes):
+            raise ValueError(f"{where} predicts {build['num_classes']} classes, the data has {hp.num_classes}")
+        theirs, ours = [_canonical(c) for c in info.get("classes") or []], [_canonical(c) for c in hp.class_names]
+        if theirs and theirs != ours:
+            raise ValueError(
+                f"{where}: classes {info['classes']} are not the data's {list(hp.class_names)} (same order)"
+            )
+        waves, scale = resolve_wavelengths(build.get("sensor"), build.get("wavelengths"))
+        data_waves = self._datamodule_wavelengths()
+        if data_waves is not None and (len(data_waves) != len(waves) or
+                                       any(abs(a - b) > 1e-4 for a, b in zip(data_waves, waves))):  # fmt: skip
+            raise ValueError(f"{where} was built for bands {waves} µm, the data's source sensor has {data_waves} µm")
+        hp.backbone, hp.adapter = build["backbone"], build.get("adapter", "spectralmoe")
+        hp.head = build.get("head", "mask2former")
+        hp.depth = build.get("depth")
+        hp.adapter_options, hp.head_options = build.get("adapter_kwargs") or {}, build.get("head_kwargs") or {}
+        hp.wavelengths = [float(w) for w in waves]
+        for field in ("pixel_mean", "pixel_std", "out_indices"):
+            hp[field] = build.get(field)
+        hp.value_scale = float(build.get("value_scale") or scale)
+        hp.depth_input = build.get("depth_input", "percentile")
+        hp.kernel_resize = build.get("kernel_resize", "bicubic")
+        hp.architecture = build.get("architecture", "segmentor")
+        hp.backbone_options = build.get("backbone_kwargs") or {}
+        hp.in_bandwidths, hp.gsd_m = build.get("in_bandwidths"), build.get("gsd_m")
+        # Record the shipped frozen weights in the hparams, so checkpoints of a fine-tuning run reload them too.
+        hp.backbone_weights = hp.backbone_weights or frozen_weights_path(hp.export, "backbone")
+        hp.depth_weights = hp.depth_weights or frozen_weights_path(hp.export, "depth")
+        self._recorded_evaluation = export_evaluation(hp.export)
+        if self._recorded_evaluation and hp.eval_protocol == "model":
+            rank_zero_info(f"SegmentationTask: evaluating {hp.export} with its recorded protocol "
+                           f"{self._recorded_evaluation} (--model.eval_protocol task: use eval_mode/eval_crop/…)")
+        self.save_hyperparameters(dict(hp))
+
+    def _datamodule_wavelengths(self) -> list[float] | None:
+        waves = getattr(self._datamodule(), "wavelengths", None)
+        if waves is None:
+            return None
+        return [float(w) for w in (waves.tolist() if isinstance(waves, torch.Tensor) else waves)]
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        """The ``predict_logits`` keywords used by validation/test/predict (see ``eval_protocol``)."""
+        hp = self.hparams
+        settings = {"mode": hp.eval_mode, "crop": hp.eval_crop, "stride": hp.eval_stride, "pad": hp.eval_pad}
+        if hp.eval_protocol == "model" and self._recorded_evaluation:
+            settings.update(self._recorded_evaluation)
+        return settings
 
     def _model(self) -> Segmentor:
         if self.segmentor is None:
@@ -374,10 +467,7 @@ class SegmentationTask(L.LightningModule):
     # ------------------------------------------------------------------------------ training
     def forward(self, image: torch.Tensor, wavelengths: torch.Tensor | None = None) -> torch.Tensor:
         """Per-class scores ``[B, K, H, W]`` with the evaluation settings (``eval_mode`` …)."""
-        hp = self.hparams
-        return self._model().predict_logits(
-            image, wavelengths, mode=hp.eval_mode, crop=hp.eval_crop, stride=hp.eval_stride
-        )
+        return self._model().predict_logits(image, wavelengths, **self.evaluation_settings())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._reseed(batch_idx)

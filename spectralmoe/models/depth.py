@@ -18,6 +18,7 @@ Two mismatches with the visual backbone are resolved here rather than in the ada
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from torch import nn
 from transformers import (
     DepthAnythingConfig,
     DepthAnythingForDepthEstimation,
+    Dinov2Backbone,
     Dinov2Config,
     PreTrainedConfig,
     PreTrainedModel,
@@ -262,10 +264,16 @@ class DepthEncoder(nn.Module):
             )
 
     @torch.no_grad()
-    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        """RGB in [0, 1] ``[B, 3, H, W]`` → ``num_visual_layers`` × ``[B, (H/16)(W/16), embed_dim]``."""
+    def forward(self, rgb: torch.Tensor, *, imagenet_normalize: bool = True) -> list[torch.Tensor]:
+        """RGB in [0, 1] ``[B, 3, H, W]`` → ``num_visual_layers`` × ``[B, (H/16)(W/16), embed_dim]``.
+
+        ``imagenet_normalize=False`` feeds ``rgb`` to the encoder as it is (the authors' released code
+        gives it the dataset-normalised bands directly, METHOD §2).
+        """
         self._check_input(rgb)
-        pixels = (rgb.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        pixels = rgb.to(self.pixel_mean.dtype)
+        if imagenet_normalize:
+            pixels = (pixels - self.pixel_mean) / self.pixel_std
         hidden = self.backbone.embeddings(pixels)
         needed = set(self.layer_map)
         per_block: dict[int, torch.Tensor] = {}
@@ -297,6 +305,10 @@ def build_depth_encoder(
     folder under ``spectralmoe/weights/``), so hub checkpoints load as published, and
     keeps only its backbone. ``pretrained=False`` builds random weights from the preset's config
     (tests; parameter counts under ``torch.device("meta")``) and says so in a warning.
+
+    ``weights`` may also be a folder holding only the DINOv2 encoder (a ``Dinov2Backbone`` saved with
+    ``save_pretrained``, as ``spectralmoe import-checkpoint`` writes from the authors' converted depth
+    weights); its width and depth must be the preset's.
     """
     if name not in DEPTH_PRESETS:
         raise ValueError(f"unknown depth model {name!r}; choose one of {list_depth_encoders()}")
@@ -307,6 +319,9 @@ def build_depth_encoder(
             raise ValueError(
                 f"depth model {name!r} has no published weights: pass weights=<folder> or pretrained=False"
             )
+        encoder = _encoder_only(source, preset, name)
+        if encoder is not None:
+            return DepthEncoder(encoder, num_visual_layers=num_visual_layers, kernel_resize=kernel_resize)
         model = preset.model_class.from_pretrained(os.fspath(source))
     else:
         if weights is not None:
@@ -316,6 +331,22 @@ def build_depth_encoder(
         )
         model = preset.model_class(preset.make_config())
     return DepthEncoder(model.backbone, num_visual_layers=num_visual_layers, kernel_resize=kernel_resize)
+
+
+def _encoder_only(source: str | os.PathLike[str], preset: DepthPreset, name: str) -> Dinov2Backbone | None:
+    """The DINOv2 encoder of a local folder that holds only that (``model_type`` "dinov2"), else None."""
+    config_path = os.path.join(os.fspath(source), "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as handle:
+        if json.load(handle).get("model_type") != "dinov2":
+            return None
+    encoder = Dinov2Backbone.from_pretrained(os.fspath(source))
+    expected = {k: preset.backbone[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    found = {k: getattr(encoder.config, k) for k in expected}
+    if found != expected:
+        raise ValueError(f"{source}: the DINOv2 encoder there has {found}, but depth model {name!r} needs {expected}")
+    return encoder
 
 
 __all__ = [

@@ -4,7 +4,8 @@ It owns the one loop of the product (DESIGN §2): embed, then for every frozen b
 and let the adapter refine its output; collect the patch tokens at ``out_indices`` into a
 stride-4/8/16/32 pyramid; decode. Images enter in raw sensor units; the segmentor normalises them
 with the dataset statistics for the backbone and feeds the depth model the R, G, B bands picked by
-wavelength, stretched to [0, 1].
+wavelength, stretched to [0, 1] (or, for the authors' released models, bands 2–4 of the normalised
+input as they are: ``depth_input="official"``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from spectralmoe.models.adapters.base import Adapter
 from spectralmoe.models.backbones.base import FrozenBackbone, refuse_trainable_adapter
 
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # stride 16 tokens → strides 4, 8, 16, 32
-DepthInput = Literal["percentile", "scale"]
+DepthInput = Literal["percentile", "scale", "official"]
+DEPTH_INPUTS = ("percentile", "scale", "official")
 
 
 def _exact_patch_embedding(image: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -49,9 +51,13 @@ class Segmentor(nn.Module):
         depth_encoder: frozen depth model, required when ``adapter.needs_depth``.
         pixel_mean, pixel_std: per-band statistics in raw units (default 0 / 1).
         value_scale: raw value of full brightness (255 for 8-bit), used by ``depth_input="scale"``.
-        depth_input: how the R, G, B bands are brought to [0, 1] for the depth model: ``"percentile"``
-            stretches each image's bands between their 2nd and 98th percentiles (robust across
-            sensors and bit depths); ``"scale"`` divides by ``value_scale``.
+        depth_input: what the depth model sees. ``"percentile"`` stretches each image's R, G, B bands
+            (chosen by wavelength) between their 2nd and 98th percentiles (robust across sensors and
+            bit depths); ``"scale"`` divides them by ``value_scale`` — both then get the depth model's
+            ImageNet normalisation. ``"official"`` feeds what the authors' released code feeds
+            (METHOD §2): bands 2–4 of the dataset-normalised input, ``x[:, 1:]``, with no ImageNet
+            normalisation — R, G, B for NIR,R,G,B data; needed for their checkpoints to see the depth
+            tokens they were trained with, and only defined for 4-band inputs.
     """
 
     def __init__(
@@ -78,8 +84,13 @@ class Segmentor(nn.Module):
         refuse_trainable_adapter(backbone, adapter)
         if adapter.needs_depth and depth_encoder is None:
             raise ValueError(f"{type(adapter).__name__} needs depth tokens but no depth_encoder was given")
-        if depth_input not in ("percentile", "scale"):
-            raise ValueError(f"depth_input must be 'percentile' or 'scale', got {depth_input!r}")
+        if depth_input not in DEPTH_INPUTS:
+            raise ValueError(f"depth_input must be one of {DEPTH_INPUTS}, got {depth_input!r}")
+        if depth_input == "official" and adapter.needs_depth and num_bands != 4:
+            raise ValueError(
+                f"depth_input='official' feeds bands 2-4 of the normalised input (the authors' x[:, 1:], written for "
+                f"NIR,R,G,B data) but the model has {num_bands} bands {waves}; use 'percentile' or 'scale'"
+            )
         self.backbone = backbone
         self.adapter = adapter
         self.head = head
@@ -89,7 +100,8 @@ class Segmentor(nn.Module):
         self.register_buffer("wavelengths", torch.tensor(waves, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.rgb_indices = rgb_band_indices(waves) if self.depth_encoder is not None else None
+        needs_rgb = self.depth_encoder is not None and depth_input != "official"
+        self.rgb_indices = rgb_band_indices(waves) if needs_rgb else None
         adapter.attach(backbone)
 
     @property
@@ -111,7 +123,18 @@ class Segmentor(nn.Module):
         return (image - self.pixel_mean) / self.pixel_std
 
     def depth_rgb(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
-        """The R, G, B bands of a raw image (chosen by wavelength), in [0, 1], for the depth model."""
+        """The depth model's input from a raw image: R, G, B chosen by wavelength in [0, 1], or with
+        ``depth_input="official"`` bands 2–4 of the normalised image (already in the depth model's units)."""
+        if self.depth_input == "official":
+            if wavelengths is not None:
+                given = torch.as_tensor(as_wavelength_list(wavelengths), dtype=torch.float32)
+                own = self.wavelengths.cpu()
+                if given.shape != own.shape or not torch.allclose(given, own, atol=1e-5):
+                    raise ValueError(
+                        "depth_input='official' reads bands 2-4 of the model's own band order; feed images in that "
+                        f"order ({self.wavelengths.tolist()} µm), not {as_wavelength_list(wavelengths)}"
+                    )
+            return self.normalize(image.float())[:, 1:]
         indices = self.rgb_indices if wavelengths is None else rgb_band_indices(wavelengths)
         rgb = image[:, list(indices)].float()
         if self.depth_input == "scale":
@@ -135,7 +158,9 @@ class Segmentor(nn.Module):
         self._check_image(image, wavelengths)
         depth_tokens = None
         if self.depth_encoder is not None:
-            depth_tokens = self.depth_encoder(self.depth_rgb(image, wavelengths))
+            depth_tokens = self.depth_encoder(
+                self.depth_rgb(image, wavelengths), imagenet_normalize=self.depth_input != "official"
+            )
         # With nothing trainable before the head (the Freeze baseline) no graph is needed at all.
         grad_context = contextlib.nullcontext() if self._trains_before_head() else torch.no_grad()
         out_indices = set(self.backbone.out_indices)
@@ -190,16 +215,19 @@ class Segmentor(nn.Module):
         crop: int = 512,
         stride: int | None = None,
         batch_size: int = 4,
+        pad: bool = True,
     ) -> torch.Tensor:
         """Per-class scores ``[B, K, H, W]`` for a raw image of any size.
 
         ``whole`` pads the image to a multiple of the patch size and runs it at once; ``slide`` runs
         ``crop``-sized windows every ``stride`` pixels (default 2/3 of the crop) and averages the
-        scores where windows overlap.
+        scores where windows overlap. ``pad=False`` is the authors' mmseg test (``mode='whole'`` with no
+        test-time padding): the image (each window) must already be a multiple of the patch size —
+        their backbones cannot run on anything else — and a size that is not is an error, never padded.
         """
         self._check_image(image, wavelengths)
         if mode == "whole":
-            return self._whole_logits(image, wavelengths)
+            return self._whole_logits(image, wavelengths, pad)
         if mode != "slide":
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         stride = stride or max(1, (2 * crop) // 3)
@@ -215,7 +243,7 @@ class Segmentor(nn.Module):
             for start in range(0, len(windows), batch_size):
                 chunk = windows[start:start + batch_size]
                 crops = torch.cat([image[b:b + 1, :, t:t + crop, l:l + crop] for t, l in chunk])
-                logits = self._whole_logits(crops, wavelengths)
+                logits = self._whole_logits(crops, wavelengths, pad)
                 if scores is None:
                     scores = image.new_zeros(image.shape[0], logits.shape[1], height, width)
                 for (t, l), window_logits in zip(chunk, logits):
@@ -226,10 +254,17 @@ class Segmentor(nn.Module):
         assert scores is not None
         return scores / counts
 
-    def _whole_logits(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None) -> torch.Tensor:
+    def _whole_logits(
+        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None, pad: bool = True
+    ) -> torch.Tensor:
         height, width = image.shape[-2:]
         patch = self.backbone.patch_size
         pad_h, pad_w = (-height) % patch, (-width) % patch
+        if (pad_h or pad_w) and not pad:
+            raise ValueError(
+                f"image of shape {tuple(image.shape)}: {height}x{width} is not a multiple of the patch size {patch}, "
+                "and padding is off (pad=False, the authors' whole-image test); crop or pad the input, or allow padding"
+            )
         if pad_h or pad_w:
             # Pad with the band means so padding is zero after normalisation.
             padded = self.pixel_mean.expand(image.shape[0], -1, height + pad_h, width + pad_w).clone()

@@ -252,3 +252,40 @@ def test_build_head() -> None:
     assert isinstance(head, Mask2FormerHead) and head.num_classes == 4
     with pytest.raises(ValueError, match="fpn.*linear.*mask2former"):
         build_head("segformer", 4, IN_CHANNELS)
+
+
+def _odd_features(batch: int = 2, channels: int = 16) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(batch, channels, h, w, generator=generator) for h, w in ((36, 44), (18, 22), (9, 11), (5, 6))]
+
+
+def test_pixel_decode_equals_the_library_pixel_decoder_in_float32() -> None:
+    torch.manual_seed(0)
+    head = Mask2FormerHead(4, in_channels=(16,) * 4, hidden_dim=32, num_heads=2, encoder_layers=2,
+                           decoder_layers=1, num_queries=5).eval()  # fmt: skip
+    features = _odd_features()
+    with torch.no_grad():
+        mask_features, multi_scale = head.pixel_decode(features)
+        library = head.pixel_decoder(features, return_dict=True)
+    assert torch.equal(mask_features, library.mask_features)
+    assert all(torch.equal(a, b) for a, b in zip(multi_scale, library.multi_scale_features))
+
+
+def test_positions_and_reference_points_stay_float32_under_bf16_autocast() -> None:
+    """mmdet builds them in float32 whatever the features' dtype; the library would use bfloat16."""
+    torch.manual_seed(0)
+    head = Mask2FormerHead(4, in_channels=(16,) * 4, hidden_dim=32, num_heads=2, encoder_layers=1,
+                           decoder_layers=1, num_queries=5).eval()  # fmt: skip
+    seen = []
+    head.pixel_decoder.encoder.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["reference_points"].dtype, kwargs["position_embeddings"].dtype)),
+        with_kwargs=True,
+    )  # fmt: skip
+    cross_keys = []
+    head.transformer_module.decoder.layers[0].cross_attn.register_forward_pre_hook(
+        lambda module, args, kwargs: cross_keys.append(kwargs["key"].dtype), with_kwargs=True
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        head([f.bfloat16() for f in _odd_features()], queries=torch.randn(5, 32))
+    assert seen == [(torch.float32, torch.float32)]
+    assert cross_keys == [torch.float32]  # bf16 features + float32 sine positions

@@ -224,3 +224,45 @@ def test_cpu_bf16_autocast_features_stay_close_to_fp32(backbone):
             low, _ = model.extract_features(image)
     for ref, got in zip(reference, low):
         assert (ref - got.float()).abs().max() <= 0.05 * ref.abs().max()
+
+
+# ------------------------------------------------------------------ the authors' test-time settings
+def _official_depth_model(sensor: str = "gf2"):
+    torch.manual_seed(0)
+    bands = 4 if sensor == "gf2" else 3
+    return build_segmentor(
+        backbone="tiny-dinov3", adapter="spectralmoe", head="fpn", depth="tiny-depth-anything", sensor=sensor,
+        num_classes=4, pretrained=False, pixel_mean=[100.0, 90.0, 80.0, 70.0][:bands], pixel_std=[50.0] * bands,
+        depth_input="official", adapter_kwargs={"num_experts": 3, "rank": 4, "token_length": 8, "query_dim": 32},
+    )  # fmt: skip
+
+
+def test_official_depth_input_feeds_bands_2_to_4_of_the_normalised_image():
+    """The authors' released code: ``x[:, 1:]`` of the dataset-normalised input, no ImageNet step."""
+    model = _official_depth_model().eval()
+    seen = []
+    model.depth_encoder.register_forward_hook(lambda m, a, kw, out: seen.append((a[0], kw)), with_kwargs=True)
+    image, _ = fixed_batch()
+    with torch.no_grad():
+        model.extract_features(image)
+    normalised = (image - torch.tensor([100.0, 90.0, 80.0, 70.0]).view(1, 4, 1, 1)) / 50.0
+    torch.testing.assert_close(seen[0][0], normalised[:, 1:])
+    assert seen[0][1] == {"imagenet_normalize": False}
+    reversed_bands = list(reversed(model.wavelengths.tolist()))
+    with pytest.raises(ValueError, match="model's own band order"):
+        model.extract_features(image, wavelengths=reversed_bands)
+
+
+def test_official_depth_input_is_only_defined_for_four_bands():
+    with pytest.raises(ValueError, match="has 3 bands"):
+        _official_depth_model(sensor="rgb")
+
+
+def test_whole_image_without_padding_refuses_sizes_that_are_not_patch_multiples():
+    model = tiny_model(head="fpn").eval()
+    image, _ = fixed_batch(size=48)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict_logits(image, pad=False), model.predict_logits(image))
+        assert model.predict_logits(image[..., :40], pad=True).shape[-1] == 40
+        with pytest.raises(ValueError, match="48x40 is not a multiple of the patch size 16"):
+            model.predict_logits(image[..., :40], pad=False)

@@ -11,7 +11,14 @@ transformer decoder, the Hungarian matcher and the point-sampled losses all come
   the content queries through a Linear layer — the library module always uses its own
   embeddings, so the few lines that prepare the decoder inputs are written here,
 * turns semantic masks into per-class binary targets and the per-layer outputs into
-  per-class scores.
+  per-class scores,
+* builds the sine positions and the deformable-attention reference points in float32, as mmdet does
+  (the library builds them in the features' dtype, so under bf16 autocast a 64-wide map's reference
+  points were off by up to a quarter pixel and the positions rounded to 8 bits); the pixel decoder's
+  outer loop is therefore run here over the library's own submodules.
+
+Given the same weights, the head computes what the authors' and Rein's mmdet/mmseg head computes
+(``tests/convert/test_mask2former_import.py`` checks every stage against a re-statement of it).
 
 Defaults are the paper's configuration (METHOD §4.1).
 """
@@ -53,6 +60,11 @@ class Mask2FormerOutput(NamedTuple):
 
     class_logits: tuple[torch.Tensor, ...]  # each [B, Q, K + 1]; last column = no object
     mask_logits: tuple[torch.Tensor, ...]  # each [B, Q, H/4, W/4]
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, the dtype itself otherwise (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -177,10 +189,47 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
                 replace the learned positional query embedding (shared by the whole batch).
         """
         check_features(features, self.in_channels, type(self).__name__)
-        pixels = self.pixel_decoder(list(features), return_dict=True)
-        decoded = self.decode(pixels.multi_scale_features, pixels.mask_features, queries)
+        mask_features, multi_scale_features = self.pixel_decode(list(features))
+        decoded = self.decode(multi_scale_features, mask_features, queries)
         class_logits = tuple(self.class_predictor(h.transpose(0, 1)) for h in decoded.intermediate_hidden_states)
         return Mask2FormerOutput(class_logits=class_logits, mask_logits=tuple(decoded.masks_queries_logits))
+
+    def pixel_decode(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``Mask2FormerPixelDecoder.forward`` with float32 positions and reference points.
+
+        Returns the stride-4 mask features and the encoder outputs at strides 32, 16, 8 (low → high
+        resolution). In float32 it equals the library module's output exactly (tested).
+        """
+        decoder = self.pixel_decoder
+        levels = decoder.num_feature_levels
+        inputs = features[::-1][:levels]  # strides 32, 16, 8
+        projected = [decoder.input_projections[i](x) for i, x in enumerate(inputs)]
+        shapes = [(int(x.shape[2]), int(x.shape[3])) for x in projected]
+        flat = torch.cat([x.flatten(2).transpose(1, 2) for x in projected], 1)
+        exact = _at_least_float32(flat.dtype)
+        positions = torch.cat([
+            decoder.position_embedding(x.shape, x.device, exact).flatten(2).transpose(1, 2)
+            + decoder.level_embed[i].to(exact).view(1, 1, -1)
+            for i, x in enumerate(inputs)
+        ], 1)  # fmt: skip
+        batch = flat.shape[0]
+        sizes = torch.as_tensor(shapes, dtype=torch.long, device=flat.device)
+        starts = torch.cat((sizes.new_zeros((1,)), sizes.prod(1).cumsum(0)[:-1]))
+        padding = torch.zeros(flat.shape[:2], dtype=torch.bool, device=flat.device)
+        valid_ratios = torch.ones(batch, levels, 2, dtype=exact, device=flat.device)  # → reference points dtype
+        encoded = decoder.encoder(
+            inputs_embeds=flat, attention_mask=padding, position_embeddings=positions, spatial_shapes_list=shapes,
+            level_start_index=starts, valid_ratios=valid_ratios, return_dict=True,
+        ).last_hidden_state  # fmt: skip
+        outputs = [
+            part.transpose(1, 2).reshape(batch, -1, h, w)
+            for part, (h, w) in zip(encoded.split([h * w for h, w in shapes], dim=1), shapes)
+        ]
+        for index, feature in enumerate(features[: decoder.num_fpn_levels][::-1]):
+            lateral = decoder.lateral_convolutions[index](feature)
+            upsampled = F.interpolate(outputs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            outputs.append(decoder.output_convolutions[index](lateral + upsampled))
+        return decoder.mask_projection(outputs[-1]), tuple(outputs[:levels])
 
     def decode(
         self,
@@ -199,7 +248,7 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
         for level in range(module.num_feature_levels):
             x = multi_scale_features[level]
             sizes.append(x.shape[-2:])
-            position = module.position_embedder(x.shape, x.device, x.dtype, None)
+            position = module.position_embedder(x.shape, x.device, _at_least_float32(x.dtype), None)  # as mmdet
             key_positions.append(position.flatten(2).permute(2, 0, 1))  # [HW, B, C]
             projected = module.input_projections[level](x).flatten(2) + module.level_embed.weight[level][None, :, None]
             keys.append(projected.permute(2, 0, 1))
