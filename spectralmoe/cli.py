@@ -16,9 +16,24 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+
+from spectralmoe.errors import (
+    EXIT_INPUT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    InputError,
+    debug_requested,
+    describe,
+    interrupts_raise,
+    is_expected,
+    received_signal,
+    warnings_as_lines,
+)
 
 if TYPE_CHECKING:  # Lightning is imported only by the commands that train (see _trainer_classes)
     import lightning as L
@@ -47,7 +62,7 @@ def _parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"{flag} expects key=value, got {item!r}")
+            raise InputError(f"{flag} expects key=value, got {item!r}")
         options[key.replace("-", "_")] = _parse_value(value)
     return options
 
@@ -432,7 +447,8 @@ def _run_trainer_command(command: str, argv: Sequence[str] | None) -> int:
         # the task saves its own (resolved) arguments, so load_from_checkpoint needs no copy of the CLI
         # config in every checkpoint (and dumping it costs a parse of the whole config per instantiation)
         load_from_checkpoint_support=False,
-        parser_kwargs={"prog": "spectralmoe"},
+        # parse errors raise (one line from main) instead of printing the whole usage block
+        parser_kwargs={"prog": "spectralmoe", "exit_on_error": False, command: {"exit_on_error": False}},
     )
     return 0
 
@@ -452,11 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spectralmoe",
         description="Domain-generalised segmentation of spectral imagery with frozen foundation models.",
         epilog="fit/validate/test/predict take LightningCLI options: -c CONFIG.yaml (repeatable), "
-        "--model.KEY, --data.KEY, --trainer.KEY, --print_config; see `spectralmoe fit --help`.",
+        "--model.KEY, --data.KEY, --trainer.KEY, --print_config; see `spectralmoe fit --help`. "
+        "--debug (any command) shows the traceback of an error.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in TRAINER_COMMANDS:
@@ -470,16 +487,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``error`` raises instead of printing the usage block, and
+    ``main`` prints ``spectralmoe <command>: error: <message>`` like every other refused input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "-3.4e38" (a float fill value) is a number, not an option
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.?\d+(?:[eE][-+]?\d+)?$")
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _UsageError(InputError):
+    """A command line argparse refused."""
+
+
+def _command_of(words: Sequence[str]) -> str:
+    """``spectralmoe <command>`` for messages (the first word that is not an option)."""
+    first = next((w for w in words if not w.startswith("-")), None)
+    return f"spectralmoe {first}" if first else "spectralmoe"
+
+
+def _dispatch(words: list[str], argv_given: bool) -> int:
     if words and words[0] in TRAINER_COMMANDS:
-        return _run_trainer_command(words[0], argv)
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"spectralmoe {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _run_trainer_command(words[0], words if argv_given else None)
+    args = build_parser().parse_args(words)
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``spectralmoe`` command; returns the exit status.
+
+    Expected failures (bad input, refused outputs, no space…) print one line naming the file, band or
+    argument and return 2; ``--debug`` anywhere on the command line (or ``SPECTRALMOE_DEBUG=1``) adds the
+    traceback. Ctrl-C and SIGTERM interrupt the command the same way (each command removes what it was
+    writing) and return 130 / 143. Other exceptions are bugs and propagate with their traceback.
+    """
+    raw = list(sys.argv[1:] if argv is None else argv)
+    words, debug = debug_requested(raw)
+    command = _command_of(words)
+    with interrupts_raise(), warnings_as_lines(command):
+        try:
+            return _dispatch(words, argv is not None or len(words) != len(raw))
+        except KeyboardInterrupt:
+            return _interrupted(command)
+        except SystemExit as stop:
+            if received_signal() is not None:  # Lightning turns an interrupted fit into SystemExit(1)
+                return _interrupted(command)
+            raise
+        except Exception as error:  # noqa: BLE001 - sorted into input errors and bugs just below
+            if not is_expected(error):
+                raise
+            print(f"{command}: error: {describe(error)}", file=sys.stderr)
+            if debug:
+                traceback.print_exception(error)
+            return EXIT_INPUT
+
+
+def _interrupted(command: str) -> int:
+    number = received_signal()
+    name = "SIGTERM" if number == signal.SIGTERM else "Ctrl-C"
+    print(f"{command}: interrupted ({name}); files being written were removed, earlier outputs are intact",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_SIGTERM if number == signal.SIGTERM else EXIT_SIGINT
 
 
 if __name__ == "__main__":

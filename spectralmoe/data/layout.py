@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,24 +139,20 @@ class PreparedIndex:
 
 # ----------------------------------------------------------------------------------- atomic writes
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` via a recognisable temporary sibling and a rename
+    (``spectralmoe.outputs``: a later run sweeps what a killed one left)."""
+    from spectralmoe.outputs import atomic_write_bytes as write
+
+    write(path, data)
 
 
 def _temporary_sibling(path: Path) -> Path:
+    from spectralmoe.outputs import temporary_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    return Path(tmp)
+    tmp = temporary_path(path)
+    tmp.touch()
+    return tmp
 
 
 def write_image_tile(
