@@ -66,6 +66,9 @@ class RasterData:
     transform: Any
     nodata: float | None
     path: str
+    #: ``[H, W]`` bool, False where the file's own mask (GDAL per-dataset mask band or alpha) marks no
+    #: data; ``None`` when the file has no such mask
+    valid: np.ndarray | None = None
 
     @property
     def num_bands(self) -> int:
@@ -156,6 +159,7 @@ def read_raster(
     """
     rasterio, errors = _rasterio_modules()
     from affine import Affine
+    from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
     path = Path(path)
@@ -185,11 +189,14 @@ def read_raster(
                 array = src.read(indexes=indexes, window=rio_window)
                 transform = src.transform if window is None else src.transform @ Affine.translation(left, top)
                 crs, nodata = src.crs, src.nodata
+                valid = None
+                if any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in src.mask_flag_enums):
+                    valid = src.read_masks(1, window=rio_window) > 0
     except RasterReadError:
         raise
     except (errors.RasterioError, OSError, ValueError) as error:
         raise RasterReadError(f"{path}: unreadable or truncated raster ({error})") from error
-    return RasterData(array=array, crs=crs, transform=transform, nodata=nodata, path=str(path))
+    return RasterData(array=array, crs=crs, transform=transform, nodata=nodata, path=str(path), valid=valid)
 
 
 def _read_four_band_uint8_with_rasterio(path: Path, why: str) -> np.ndarray:
