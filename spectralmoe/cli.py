@@ -332,6 +332,52 @@ def _trainer_classes() -> dict[str, type]:
             if subcommand_parsers is not None:
                 self._subcommand_parsers, self._subcommand_method_arguments = subcommand_parsers, method_arguments
 
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            self._given_args = args  # kept to tell explicit options from defaults (_parse_ckpt_path)
+            super().parse_arguments(parser, args)
+
+        def _parse_ckpt_path(self) -> None:
+            """Check ``--ckpt_path`` before Lightning merges its hyperparameters into the config: a missing or
+            unreadable file is named, and a model option the command line or a config file sets explicitly
+            that differs from the checkpoint's (``--model.adapter spectralmoe`` with a Rein checkpoint) is
+            refused instead of silently overridden by the checkpoint."""
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                path = Path(ckpt_path)
+                if not path.is_file():
+                    raise InputError(f"--ckpt_path {path}: no such checkpoint file")
+                try:
+                    import torch
+
+                    stored = torch.load(path, weights_only=True, map_location="cpu")
+                except Exception as error:  # noqa: BLE001 - any unpickling failure: name the file
+                    raise InputError(f"--ckpt_path {path}: unreadable checkpoint "
+                                     f"({describe(error).splitlines()[0]})") from error  # fmt: skip
+                hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+                if not isinstance(hparams, dict) or "state_dict" not in stored:
+                    raise InputError(f"--ckpt_path {path}: not a spectralmoe training checkpoint (no state_dict and "
+                                     "hyper_parameters)")  # fmt: skip
+                explicit = self._explicit_model_options(subcommand)
+                from spectralmoe.engine.task import identity_conflicts
+
+                conflicts = identity_conflicts(hparams, explicit)
+                if conflicts:
+                    raise InputError(f"--ckpt_path {path} holds another model than the config asks for ("
+                                     + "; ".join(conflicts) + "): drop those options or use a matching checkpoint")
+            super()._parse_ckpt_path()
+
+        def _explicit_model_options(self, subcommand: str) -> dict[str, Any]:
+            """``model.*`` values set by config files or the command line (defaults left out)."""
+            try:
+                given = self.parser.parse_args(self._given_args, defaults=False)
+            except Exception:  # noqa: BLE001 - the full parse succeeded: without explicit values, nothing to compare
+                return {}
+            model = given.get(subcommand, {}).get("model") if hasattr(given, "get") else None
+            if model is None:
+                return {}
+            return {key: model.get(key) for key in model.keys() if "." not in key and model.get(key) is not None}
+
         def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
             every = LightningCLI.subcommands()
             if self.only_subcommand is None:
@@ -393,6 +439,12 @@ def _trainer_classes() -> dict[str, type]:
                     TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
                 ]
             trainer = super().instantiate_trainer(**kwargs)
+            from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+            from spectralmoe.engine.callbacks import AtomicCheckpointIO
+
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # whole checkpoints, or none
+                trainer.strategy.checkpoint_io = AtomicCheckpointIO()
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
             return trainer

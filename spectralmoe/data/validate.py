@@ -70,6 +70,7 @@ class ValidationReport:
     tiles: int
     read: int
     cached: int
+    #: (height, width) of the smallest target tile (evaluation runs whole tiles), if any
     smallest: tuple[int, int] | None
     labelled_source_pixels: int
     warnings: list[str] = field(default_factory=list)
@@ -317,7 +318,7 @@ def validate_tiles(
         label = facts[str(check.label)] if check.label is not None else None
         found = _pair_problems(check, image, label, num_classes, label_lookup)
         problems.extend(p for p in found if p not in problems)
-        if "error" not in image:
+        if "error" not in image and check.split != "source":  # evaluation tiles run whole
             side = (image["height"], image["width"])
             smallest = side if smallest is None or min(side) < min(smallest) else smallest
         if check.split == "source":

@@ -46,14 +46,14 @@ def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
                              "less makes normalised values explode (constant band or wrong statistics?)")  # fmt: skip
 
 
-def min_input_size(head: str | nn.Module) -> int:
-    """Smallest tile/crop side (pixels) a model with this head accepts.
+def min_input_size(head: str | nn.Module, batch_size: int = 1) -> int:
+    """Smallest tile/crop side (pixels) a model with this head accepts in batches of ``batch_size``.
 
     The pyramid's coarsest map is half the token grid, so a side needs at least two tokens (32 px);
     Mask2Former's pixel decoder normalises that map with GroupNorm, which needs more than one value
-    per group (a 1×1 map of a single tile fails), hence four tokens (64 px)."""
+    per group: a 1×1 map is fine in a batch of two or more, but a lone tile needs four tokens (64 px)."""
     name = head if isinstance(head, str) else type(head).__name__.lower()
-    tokens = 4 if "mask2former" in name else 2
+    tokens = 4 if "mask2former" in name and batch_size < 2 else 2
     return tokens * TOKEN_STRIDE
 
 
