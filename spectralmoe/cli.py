@@ -277,6 +277,8 @@ def _trainer_classes() -> dict[str, type]:
                 array = pred.numpy()
                 target = self.folder / self._relative(trainer, path)
                 target = target.with_name(target.name + ".png")
+                if ".." in target.relative_to(self.folder).parts:  # a tile path from a file never leaves the folder
+                    raise InputError(f"{path}: its prediction would be written outside {self.folder}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if array.dtype == np.uint8:
                     image = Image.fromarray(array, mode="L")
@@ -285,9 +287,15 @@ def _trainer_classes() -> dict[str, type]:
                         image.putpalette(flat + [0] * (768 - len(flat)))
                 else:  # more than 256 classes: 16-bit grey
                     image = Image.fromarray(array.astype(np.uint16))
-                tmp = target.with_name(f".{target.name}.tmp")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
+                from spectralmoe.outputs import temporary_path
+
+                tmp = temporary_path(target)
+                try:
+                    image.save(tmp, format="PNG")
+                    os.replace(tmp, target)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
                 self.written.append(target)
 
     class SpectralMoECLI(LightningCLI):

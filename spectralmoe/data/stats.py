@@ -147,6 +147,7 @@ def compute_band_stats(
         split: for a prepared root, ``"source"``/``"target"`` (default both).
     """
     running = RunningBandStats()
+    where = str(dataset_or_root) if isinstance(dataset_or_root, (str, os.PathLike)) else type(dataset_or_root).__name__
     if hasattr(dataset_or_root, "image_paths") or isinstance(dataset_or_root, (str, os.PathLike)):
         paths = _image_paths(dataset_or_root, split)
         for i in _evenly_spaced(len(paths), max_samples):
@@ -158,6 +159,9 @@ def compute_band_stats(
             image = dataset_or_root[i]["image"]
             array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
             _update(running, array, nodata, f"sample {i}")
+    if running.count == 0:
+        raise ValueError(f"{where}: no valid pixel in {running.tiles} tile(s) (all NaN/inf, nodata or masked); "
+                         "cannot compute band statistics")  # fmt: skip
     return running.result()
 
 

@@ -151,7 +151,7 @@ def _facts(path: Path, kind: str) -> dict[str, Any]:
         return _image_facts(path) if kind == "image" else _label_facts(path)
     except Exception as error:  # noqa: BLE001 - any reader failure is this file's problem
         text = describe(error).splitlines()[0]
-        return {"error": text if str(path) in text else f"{path}: unreadable ({text})"}
+        return {"error": text if str(path) in text else f"{path}: unreadable or truncated ({text})"}
 
 
 # ---------------------------------------------------------------------------------------- cache

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectralmoe
-from spectralmoe.errors import InputError, check_finite, check_int, check_number, describe
+from spectralmoe.errors import InputError, check_int, check_number, describe
 from spectralmoe.models.factory import build_segmentor
 from spectralmoe.models.segmentor import check_normalisation
 from spectralmoe.outputs import sweep_stale, temporary_path
@@ -239,9 +239,10 @@ def _check_build_values(build: Mapping[str, Any], where: str) -> None:
         values = build.get(key)
         if values is None:
             continue
-        numbers = check_finite(f"build field {key!r}", values if isinstance(values, list) else [values], where=where)
-        if count is not None and len(numbers) != count:
-            raise InputError(f"{where}: build field {key!r} has {len(numbers)} values for {count} bands")
+        if not isinstance(values, list):
+            raise InputError(f"{where}: build field {key!r} must be a list with one value per band, got {values!r}")
+        if count is not None and len(values) != count:
+            raise InputError(f"{where}: build field {key!r} has {len(values)} values for {count} bands")
     check_normalisation(build.get("pixel_mean"), build.get("pixel_std"), where=where)
     if build.get("value_scale") is not None:
         check_number("build field 'value_scale'", build["value_scale"], positive=True, where=where)
