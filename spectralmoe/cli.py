@@ -491,9 +491,38 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _check_config_files(words: Sequence[str]) -> None:
+    """Every ``-c``/``--config`` file exists and is YAML, checked before LightningCLI (whose parse errors
+    do not name the file)."""
+    import yaml
+
+    from spectralmoe.errors import yaml_problem
+
+    for i, word in enumerate(words):
+        if word in ("-c", "--config") and i + 1 < len(words):
+            value = words[i + 1]
+        elif word.startswith("--config="):
+            value = word.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if value.lstrip().startswith("{") or "\n" in value:  # an inline config string, not a file
+            continue
+        if not path.is_file():
+            raise InputError(f"-c {path}: no such config file")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise InputError(yaml_problem(path, error)) from error
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not a text file ({error.reason})") from error
+
+
 def _run_trainer_command(command: str, argv: Sequence[str] | None) -> int:
     """Run ``command`` (fit|validate|test|predict) through ``SpectralMoECLI``; ``argv`` None: ``sys.argv``."""
     from spectralmoe.data.datamodule import DGDataModule
+
+    _check_config_files(list(sys.argv[1:] if argv is None else argv))
     from spectralmoe.engine.task import SegmentationTask
 
     _trainer_classes()["SpectralMoECLI"](

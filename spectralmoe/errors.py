@@ -42,6 +42,7 @@ __all__ = [
     "interrupts_raise",
     "received_signal",
     "warnings_as_lines",
+    "yaml_problem",
 ]
 
 #: Exit status of a refused input (argparse's convention for usage errors).
@@ -149,6 +150,14 @@ def warnings_as_lines(prefix: str) -> Iterator[None]:
         warnings.showwarning = show
         warnings.simplefilter("always", InputWarning)
         yield
+
+
+def yaml_problem(path: object, error: BaseException) -> str:
+    """One line for a YAML parse error: the file, line and column, and what the parser expected."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{path}: not valid YAML{where} ({problem})"
 
 
 _RECEIVED: list[int] = []

@@ -261,7 +261,8 @@ def _unit_problem(images: list[dict[str, Any]], mean: Sequence[float], std: Sequ
     bands = ", ".join(f"band {b + 1}: {m:.4g} ± {s:.3g} vs {mt:.4g} ± {st:.3g}" for b, (m, s, mt, st) in
                       enumerate(zip(sample_mean, sample_std, mean_t, std_t)))  # fmt: skip
     return (f"{what}: sampled pixel values do not fit the normalisation in any band ({bands}); the data look like "
-            "they are in other units than the statistics (reflectance 0..1 vs ×10⁴, another bit depth?)")
+            "they are in other units than the statistics (reflectance 0..1 vs ×10⁴, another bit depth?) or hold "
+            "undeclared fill values")
 
 
 def validate_tiles(

@@ -105,6 +105,11 @@ NO_CLASS = 255
 IGNORE = 255
 
 
+class NonFiniteError(InputError, FloatingPointError):
+    """The model produced NaN/inf (a loss, or scores of labelled pixels): almost always extreme input
+    values or a learning rate that made training diverge; the message names the tiles."""
+
+
 def _classes(scores: torch.Tensor) -> torch.Tensor:
     """Argmax over classes; 255 where any score of the pixel is NaN/inf."""
     classes = scores.argmax(1)
@@ -399,7 +404,7 @@ class SegmentationTask(L.LightningModule):
         if not bool(torch.isfinite(total.detach())):
             values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
             tiles = [str(p) for p in (batch.get("path") or [])][:8]
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"non-finite training loss at step {self.global_step} ({values}) on tiles {tiles}: a tile holds "
                 "extreme values (check them with `spectralmoe stats`) or --model.lr is too high"
             )
@@ -457,7 +462,7 @@ class SegmentationTask(L.LightningModule):
         unscored = (predicted == NO_CLASS) & (batch["mask"] != IGNORE)
         if bool(unscored.any()):
             tiles = [str(p) for p in (batch.get("path") or [])][:8]
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"the model gave non-finite scores for {int(unscored.sum()):,} labelled pixels of tiles {tiles}: the "
                 "metrics would be wrong (extreme input values, or diverged weights)"
             )
