@@ -67,7 +67,7 @@ class Terminated(KeyboardInterrupt):
 
 
 #: Exception families that are the user's input, not our bugs (see ``is_expected``).
-_EXPECTED: tuple[type[BaseException], ...] = (ValueError, KeyError, TypeError, LookupError, OSError)
+_EXPECTED: tuple[type[BaseException], ...] = (ValueError, KeyError, TypeError, OSError)
 
 
 def _expected_types() -> tuple[type[BaseException], ...]:

@@ -20,8 +20,8 @@ How memory stays bounded (independent of the scene's height, linear in its width
   by windows (whole 256 × 256 blocks, so the compressed GeoTIFF is written once, never rewritten) and
   the strip slides down.
 
-Memory bound: ``(4·K + 5)·(tile + 256)·width`` bytes of strip buffers for K classes (float32
-accumulators and weights, the nodata mask; +5 bytes a pixel with a routing map), ``4·K·256·width``
+Memory bound: ``(4·K + 6)·(tile + 256)·width`` bytes of strip buffers for K classes (float32
+accumulators and weights, the nodata and extreme-value masks; +5 bytes a pixel with a routing map), ``4·K·256·width``
 bytes while a block row is written, one batch of tiles through the model, and GDAL's block cache
 (``gdal_cache_mb``, default ``GDAL_CACHE_MB``). It grows with the scene's width, never its height.
 Measured with ``benchmarks/scene_memory.py`` (tiny 4-class model, tile 512, batch 4, CPU): a
