@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import numbers
 import os
 import signal
 import sys
@@ -200,8 +201,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
     """``value`` as an ``int`` if it is an integer (``3`` or ``3.0``, not ``True``, ``2.5`` or ``"3"``) within
     ``[minimum, maximum]``; else an ``InputError`` naming ``name``."""
     prefix = f"{where}: " if where else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        isinstance(value, float) and not value.is_integer()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
+        not isinstance(value, numbers.Integral) and not float(value).is_integer()
     ):
         raise InputError(f"{prefix}{name} must be an integer, got {value!r}")
     number = int(value)
@@ -217,7 +218,7 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, maximum
     """``value`` as a finite ``float`` within ``[minimum, maximum]`` (``> 0`` with ``positive``); else an
     ``InputError`` naming ``name``."""
     prefix = f"{where}: " if where else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{prefix}{name} must be a number, got {value!r}")
     number = float(value)
     if number != number or number in (float("inf"), float("-inf")):

@@ -303,7 +303,6 @@ class SegmentationTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Sizes the model cannot take (crop or tiles smaller than its minimum input) are refused before
         the first step, naming the option or the tile."""
-        self.configure_model()
         dm = self._datamodule()
         smallest = min_input_size(self.hparams.head)
         task = getattr(dm, "task", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Literal, Sequence
 
 import torch
@@ -38,7 +39,7 @@ def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | Non
         if values is None:
             continue
         for band, value in enumerate(values):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise InputError(f"{prefix}{name} of band {band + 1} is {value!r}: normalisation must be finite")
     for band, value in enumerate(std or []):
         if value <= MIN_PIXEL_STD:
