@@ -16,9 +16,24 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+
+from spectralmoe.errors import (
+    EXIT_INPUT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    InputError,
+    debug_requested,
+    describe,
+    interrupts_raise,
+    is_expected,
+    received_signal,
+    warnings_as_lines,
+)
 
 if TYPE_CHECKING:  # Lightning is imported only by the commands that train (see _trainer_classes)
     import lightning as L
@@ -47,7 +62,7 @@ def _parse_assignments(items: Sequence[str], flag: str) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"{flag} expects key=value, got {item!r}")
+            raise InputError(f"{flag} expects key=value, got {item!r}")
         options[key.replace("-", "_")] = _parse_value(value)
     return options
 
@@ -283,6 +298,8 @@ def _trainer_classes() -> dict[str, type]:
                 array = pred.numpy()
                 target = self.folder / self._relative(trainer, path)
                 target = target.with_name(target.name + ".png")
+                if ".." in target.relative_to(self.folder).parts:  # a tile path from a file never leaves the folder
+                    raise InputError(f"{path}: its prediction would be written outside {self.folder}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if array.dtype == np.uint8:
                     image = Image.fromarray(array, mode="L")
@@ -291,9 +308,15 @@ def _trainer_classes() -> dict[str, type]:
                         image.putpalette(flat + [0] * (768 - len(flat)))
                 else:  # more than 256 classes: 16-bit grey
                     image = Image.fromarray(array.astype(np.uint16))
-                tmp = target.with_name(f".{target.name}.tmp")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
+                from spectralmoe.outputs import temporary_path
+
+                tmp = temporary_path(target)
+                try:
+                    image.save(tmp, format="PNG")
+                    os.replace(tmp, target)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
                 self.written.append(target)
 
     class SpectralMoECLI(LightningCLI):
@@ -337,6 +360,52 @@ def _trainer_classes() -> dict[str, type]:
             self.parser, subcommand_parsers, method_arguments = cached
             if subcommand_parsers is not None:
                 self._subcommand_parsers, self._subcommand_method_arguments = subcommand_parsers, method_arguments
+
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            self._given_args = args  # kept to tell explicit options from defaults (_parse_ckpt_path)
+            super().parse_arguments(parser, args)
+
+        def _parse_ckpt_path(self) -> None:
+            """Check ``--ckpt_path`` before Lightning merges its hyperparameters into the config: a missing or
+            unreadable file is named, and a model option the command line or a config file sets explicitly
+            that differs from the checkpoint's (``--model.adapter spectralmoe`` with a Rein checkpoint) is
+            refused instead of silently overridden by the checkpoint."""
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                path = Path(ckpt_path)
+                if not path.is_file():
+                    raise InputError(f"--ckpt_path {path}: no such checkpoint file")
+                try:
+                    import torch
+
+                    stored = torch.load(path, weights_only=True, map_location="cpu")
+                except Exception as error:  # noqa: BLE001 - any unpickling failure: name the file
+                    raise InputError(f"--ckpt_path {path}: unreadable checkpoint "
+                                     f"({describe(error).splitlines()[0]})") from error  # fmt: skip
+                hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+                if not isinstance(hparams, dict) or "state_dict" not in stored:
+                    raise InputError(f"--ckpt_path {path}: not a spectralmoe training checkpoint (no state_dict and "
+                                     "hyper_parameters)")  # fmt: skip
+                explicit = self._explicit_model_options(subcommand)
+                from spectralmoe.engine.task import identity_conflicts
+
+                conflicts = identity_conflicts(hparams, explicit)
+                if conflicts:
+                    raise InputError(f"--ckpt_path {path} holds another model than the config asks for ("
+                                     + "; ".join(conflicts) + "): drop those options or use a matching checkpoint")
+            super()._parse_ckpt_path()
+
+        def _explicit_model_options(self, subcommand: str) -> dict[str, Any]:
+            """``model.*`` values set by config files or the command line (defaults left out)."""
+            try:
+                given = self.parser.parse_args(self._given_args, defaults=False)
+            except Exception:  # noqa: BLE001 - the full parse succeeded: without explicit values, nothing to compare
+                return {}
+            model = given.get(subcommand, {}).get("model") if hasattr(given, "get") else None
+            if model is None:
+                return {}
+            return {key: model.get(key) for key in model.keys() if "." not in key and model.get(key) is not None}
 
         def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
             every = LightningCLI.subcommands()
@@ -400,6 +469,12 @@ def _trainer_classes() -> dict[str, type]:
                     TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
                 ]
             trainer = super().instantiate_trainer(**kwargs)
+            from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+            from spectralmoe.engine.callbacks import AtomicCheckpointIO
+
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # whole checkpoints, or none
+                trainer.strategy.checkpoint_io = AtomicCheckpointIO()
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
             return trainer
@@ -438,9 +513,38 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _check_config_files(words: Sequence[str]) -> None:
+    """Every ``-c``/``--config`` file exists and is YAML, checked before LightningCLI (whose parse errors
+    do not name the file)."""
+    import yaml
+
+    from spectralmoe.errors import yaml_problem
+
+    for i, word in enumerate(words):
+        if word in ("-c", "--config") and i + 1 < len(words):
+            value = words[i + 1]
+        elif word.startswith("--config="):
+            value = word.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if value.lstrip().startswith("{") or "\n" in value:  # an inline config string, not a file
+            continue
+        if not path.is_file():
+            raise InputError(f"-c {path}: no such config file")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise InputError(yaml_problem(path, error)) from error
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not a text file ({error.reason})") from error
+
+
 def _run_trainer_command(command: str, argv: Sequence[str] | None) -> int:
     """Run ``command`` (fit|validate|test|predict) through ``SpectralMoECLI``; ``argv`` None: ``sys.argv``."""
     from spectralmoe.data.datamodule import DGDataModule
+
+    _check_config_files(list(sys.argv[1:] if argv is None else argv))
     from spectralmoe.engine.task import SegmentationTask
 
     _trainer_classes()["SpectralMoECLI"](
@@ -454,7 +558,8 @@ def _run_trainer_command(command: str, argv: Sequence[str] | None) -> int:
         # the task saves its own (resolved) arguments, so load_from_checkpoint needs no copy of the CLI
         # config in every checkpoint (and dumping it costs a parse of the whole config per instantiation)
         load_from_checkpoint_support=False,
-        parser_kwargs={"prog": "spectralmoe"},
+        # parse errors raise (one line from main) instead of printing the whole usage block
+        parser_kwargs={"prog": "spectralmoe", "exit_on_error": False, command: {"exit_on_error": False}},
     )
     return 0
 
@@ -475,11 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spectralmoe",
         description="Domain-generalised segmentation of spectral imagery with frozen foundation models.",
         epilog="fit/validate/test/predict take LightningCLI options: -c CONFIG.yaml (repeatable), "
-        "--model.KEY, --data.KEY, --trainer.KEY, --print_config; see `spectralmoe fit --help`.",
+        "--model.KEY, --data.KEY, --trainer.KEY, --print_config; see `spectralmoe fit --help`. "
+        "--debug (any command) shows the traceback of an error.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in TRAINER_COMMANDS:
@@ -494,16 +600,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``error`` raises instead of printing the usage block, and
+    ``main`` prints ``spectralmoe <command>: error: <message>`` like every other refused input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # "-3.4e38" (a float fill value) is a number, not an option
+        self._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.?\d+(?:[eE][-+]?\d+)?$")
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _UsageError(InputError):
+    """A command line argparse refused."""
+
+
+def _command_of(words: Sequence[str]) -> str:
+    """``spectralmoe <command>`` for messages (the first word that is not an option)."""
+    first = next((w for w in words if not w.startswith("-")), None)
+    return f"spectralmoe {first}" if first else "spectralmoe"
+
+
+def _dispatch(words: list[str], argv_given: bool) -> int:
     if words and words[0] in TRAINER_COMMANDS:
-        return _run_trainer_command(words[0], argv)
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"spectralmoe {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _run_trainer_command(words[0], words if argv_given else None)
+    args = build_parser().parse_args(words)
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``spectralmoe`` command; returns the exit status.
+
+    Expected failures (bad input, refused outputs, no space…) print one line naming the file, band or
+    argument and return 2; ``--debug`` anywhere on the command line (or ``SPECTRALMOE_DEBUG=1``) adds the
+    traceback. Ctrl-C and SIGTERM interrupt the command the same way (each command removes what it was
+    writing) and return 130 / 143. Other exceptions are bugs and propagate with their traceback.
+    """
+    raw = list(sys.argv[1:] if argv is None else argv)
+    words, debug = debug_requested(raw)
+    command = _command_of(words)
+    with interrupts_raise(), warnings_as_lines(command):
+        try:
+            return _dispatch(words, argv is not None or len(words) != len(raw))
+        except KeyboardInterrupt:
+            return _interrupted(command)
+        except SystemExit as stop:
+            if received_signal() is not None:  # Lightning turns an interrupted fit into SystemExit(1)
+                return _interrupted(command)
+            raise
+        except Exception as error:  # noqa: BLE001 - sorted into input errors and bugs just below
+            if not is_expected(error):
+                raise
+            print(f"{command}: error: {describe(error)}", file=sys.stderr)
+            if debug:
+                traceback.print_exception(error)
+            return EXIT_INPUT
+
+
+def _interrupted(command: str) -> int:
+    number = received_signal()
+    name = "SIGTERM" if number == signal.SIGTERM else "Ctrl-C"
+    print(f"{command}: interrupted ({name}); files being written were removed, earlier outputs are intact",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_SIGTERM if number == signal.SIGTERM else EXIT_SIGINT
 
 
 if __name__ == "__main__":

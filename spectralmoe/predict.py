@@ -20,8 +20,8 @@ How memory stays bounded (independent of the scene's height, linear in its width
   by windows (whole 256 × 256 blocks, so the compressed GeoTIFF is written once, never rewritten) and
   the strip slides down.
 
-Memory bound: ``(4·K + 5)·(tile + 256)·width`` bytes of strip buffers for K classes (float32
-accumulators and weights, the nodata mask; +5 bytes a pixel with a routing map), ``4·K·256·width``
+Memory bound: ``(4·K + 6)·(tile + 256)·width`` bytes of strip buffers for K classes (float32
+accumulators and weights, the nodata and extreme-value masks; +5 bytes a pixel with a routing map), ``4·K·256·width``
 bytes while a block row is written, one batch of tiles through the model, and GDAL's block cache
 (``gdal_cache_mb``, default ``GDAL_CACHE_MB``). It grows with the scene's width, never its height.
 Measured with ``benchmarks/scene_memory.py`` (tiny 4-class model, tile 512, batch 4, CPU): a
@@ -29,8 +29,10 @@ Measured with ``benchmarks/scene_memory.py`` (tiny 4-class model, tile 512, batc
 the model before the scene is touched, 0.30 GB one batch of activations — and a 2,000 × 20,000 scene
 (a tenth of the pixels, same width) at 1.26 GB.
 
-Every file is written under a temporary name in the output's folder and renamed when everything
-succeeded, so an error (or Ctrl-C) leaves no half-written map behind. Band problems (a missing band,
+Outputs are checked before the model is built (not an input, not a folder, writable, room for
+their uncompressed size: ``spectralmoe.outputs.OutputSet``), written under recognisable temporary
+names and replaced together at the end, so an error, Ctrl-C or SIGTERM leaves no half-written file
+and the older set of outputs intact; temporaries of a killed run are swept by the next run. Band problems (a missing band,
 a different band count) are raised before the model is built and before any file is created.
 """
 
@@ -39,9 +41,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,7 +54,12 @@ import numpy as np
 import torch
 
 from spectralmoe.bands import DEFAULT_RGB_TOLERANCE_UM, as_wavelength_list, get_sensor, wavelength_distance
+from spectralmoe.errors import InputError, InputWarning, check_int, describe
+from spectralmoe.models.segmentor import min_input_size
+from spectralmoe.outputs import OutputSet
 from spectralmoe.viz import CLASS_NAMES_TAG, NODATA_CLASS, default_palette, routing_palette, write_preview
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -76,12 +83,16 @@ GDAL_CACHE_MB = 64
 WINDOW_FLOOR = 0.05
 #: How far (µm) an input band's centre wavelength may be from a model band's to stand in for it.
 BAND_TOLERANCE_UM = DEFAULT_RGB_TOLERANCE_UM
+#: Input values further than this many standard deviations from the model's band statistics are reported.
+EXTREME_STD = 50.0
+#: Input values further than this many standard deviations are no measurement: treated as nodata.
+UNUSABLE_STD = 1e6
 
 PathLike = str | os.PathLike[str]
 Precision = Literal["fp32", "bf16"]
 
 
-class BandMismatchError(ValueError):
+class BandMismatchError(InputError):
     """The input's bands cannot be matched to the bands the model was trained on."""
 
 
@@ -102,9 +113,20 @@ class ModelSource:
     adapter: str | None
     value_scale: float | None
     model: Any = None
+    head: str = "mask2former"
 
     def describe(self) -> str:
         return str(self.path) if self.path is not None else "in-memory model"
+
+    def files(self) -> dict[str, Path]:
+        """The files this checkpoint is read from (no output may replace one of them)."""
+        if self.path is None:
+            return {}
+        if self.kind == "export":
+            from spectralmoe.engine.export import CONFIG_FILE, WEIGHTS_FILE
+
+            return {"checkpoint config": self.path / CONFIG_FILE, "checkpoint weights": self.path / WEIGHTS_FILE}
+        return {"--checkpoint": self.path}
 
     def load(self, *, backbone_weights: str | None, depth_weights: str | None, pretrained: bool) -> Any:
         """Build the Segmentor (frozen parts from their weights, trainable tensors from the checkpoint)."""
@@ -122,27 +144,52 @@ class ModelSource:
             overrides["backbone_weights"] = backbone_weights
         if depth_weights is not None:
             overrides["depth_weights"] = depth_weights
-        task = SegmentationTask.load_from_checkpoint(self.path, map_location="cpu", weights_only=True, **overrides)
-        task.configure_model()
+        try:
+            task = SegmentationTask.load_from_checkpoint(self.path, map_location="cpu", weights_only=True, **overrides)
+            task.configure_model()
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{self.path}: the model cannot be rebuilt from this checkpoint ({describe(error)})") \
+                from error
         return task.segmentor
 
 
-def _palette_or_default(palette: Any, count: int) -> list[tuple[int, int, int]]:
+def _palette_or_default(palette: Any, count: int, where: str) -> list[tuple[int, int, int]]:
     if palette is None:
         return default_palette(count)
-    colours = [tuple(int(c) for c in colour[:3]) for colour in palette]
+    try:
+        colours = [tuple(int(c) for c in colour[:3]) for colour in palette]
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: palette must be a list of [r, g, b] colours, got {palette!r}") from None
     if len(colours) != count:
-        raise ValueError(f"{len(colours)} palette colours for {count} classes")
+        raise InputError(f"{where}: {len(colours)} palette colours for {count} classes")
     return colours  # type: ignore[return-value]
+
+
+def _class_names(names: Any, count: int, where: str) -> list[str]:
+    """One name per class: a shorter or longer list would mislabel (or drop) the classes of a summary."""
+    if names is None:
+        return [f"class{i}" for i in range(count)]
+    if not isinstance(names, (list, tuple)) or len(names) != count:
+        size = len(names) if isinstance(names, (list, tuple)) else names
+        raise InputError(f"{where}: {size} class names for {count} classes; every class needs its name")
+    return [str(n) for n in names]
+
+
+def _head_name(config: dict[str, Any]) -> str:
+    """The head a stored model decodes with ("dstc" for the complete DSTC model, which has none)."""
+    if config.get("architecture", "segmentor") == "dstc":
+        return "dstc"
+    return str(config.get("head") or "mask2former")
 
 
 def resolve_checkpoint(checkpoint: PathLike | Any) -> ModelSource:
     """Accept an export folder, a Lightning run folder holding ``export/`` (or ``export_best/``), a
-    ``.ckpt`` file, or a ``Segmentor``; return what it says about its model without building it."""
+    ``.ckpt`` file, or a ``Segmentor``; return what it says about its model without building it.
+    A malformed checkpoint is an ``InputError`` naming its file (nothing is built or written)."""
     from spectralmoe.engine.export import CONFIG_FILE, read_export_config
     from spectralmoe.models.dstc import DSTC
     from spectralmoe.models.factory import resolve_wavelengths
-    from spectralmoe.models.segmentor import Segmentor
+    from spectralmoe.models.segmentor import Segmentor, check_normalisation
 
     if isinstance(checkpoint, (Segmentor, DSTC)):
         count = int(checkpoint.num_classes if isinstance(checkpoint, DSTC) else getattr(checkpoint.head, "num_classes"))
@@ -150,7 +197,8 @@ def resolve_checkpoint(checkpoint: PathLike | Any) -> ModelSource:
         adapter = "spectralmoe" if _is_spectralmoe(adapter) else type(adapter).__name__.lower()
         return ModelSource("model", None, [float(w) for w in checkpoint.wavelengths.tolist()],
                            [f"class{i}" for i in range(count)], default_palette(count), count, adapter,
-                           float(checkpoint.value_scale), checkpoint)  # fmt: skip
+                           float(checkpoint.value_scale), checkpoint,
+                           head=type(getattr(checkpoint, "head", checkpoint)).__name__.lower())  # fmt: skip
     path = Path(checkpoint)
     if path.is_dir():
         folder = next((f for f in (path, path / "export", path / "export_best") if (f / CONFIG_FILE).is_file()), None)
@@ -160,31 +208,41 @@ def resolve_checkpoint(checkpoint: PathLike | Any) -> ModelSource:
                 f"or export_best/{CONFIG_FILE}"
             )
         info = read_export_config(folder)
+        where = str(folder / CONFIG_FILE)
         build = info["build"]
-        waves, scale = resolve_wavelengths(build.get("sensor"), build.get("wavelengths"))
+        try:
+            waves, scale = resolve_wavelengths(build.get("sensor"), build.get("wavelengths"))
+        except (ValueError, KeyError) as error:
+            raise InputError(f"{where}: {describe(error)}") from error
         count = int(build["num_classes"])
-        names = list(info.get("classes") or [f"class{i}" for i in range(count)])
         value_scale = build.get("value_scale")
-        palette = _palette_or_default(info.get("palette"), count)
-        return ModelSource("export", folder, waves, names, palette, count, build.get("adapter", "spectralmoe"),
-                           float(value_scale if value_scale else scale))
+        return ModelSource("export", folder, waves, _class_names(info.get("classes"), count, where),
+                           _palette_or_default(info.get("palette"), count, where), count,
+                           build.get("adapter", "spectralmoe"), float(value_scale if value_scale else scale),
+                           head=_head_name(build))  # fmt: skip
     if path.is_file() and path.suffix == ".ckpt":
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure: name the file
-            raise ValueError(f"{path}: unreadable Lightning checkpoint ({error})") from error
+            raise InputError(f"{path}: unreadable Lightning checkpoint ({describe(error).splitlines()[0]})") from error
         hp = stored.get("hyper_parameters") if isinstance(stored, dict) else None
         if not isinstance(hp, dict) or hp.get("num_classes") is None:
-            raise ValueError(f"{path}: not a SegmentationTask checkpoint (no hyper_parameters with num_classes)")
-        waves, scale = resolve_wavelengths(None, hp.get("wavelengths"))
-        count = int(hp["num_classes"])
-        names = list(hp.get("class_names") or [f"class{i}" for i in range(count)])
+            raise InputError(f"{path}: not a SegmentationTask checkpoint (no hyper_parameters with num_classes)")
+        where = f"{path} hyper_parameters"
+        count = check_int("num_classes", hp["num_classes"], minimum=1, where=where)
+        try:
+            waves, scale = resolve_wavelengths(None, hp.get("wavelengths"))
+        except (ValueError, TypeError) as error:
+            raise InputError(f"{where}: {describe(error)}") from error
+        check_normalisation(hp.get("pixel_mean"), hp.get("pixel_std"), where=where)
         value_scale = hp.get("value_scale")
-        return ModelSource("ckpt", path, waves, names, _palette_or_default(hp.get("palette"), count), count,
-                           hp.get("adapter", "spectralmoe"), float(value_scale if value_scale else scale))  # fmt: skip
+        return ModelSource("ckpt", path, waves, _class_names(hp.get("class_names"), count, where),
+                           _palette_or_default(hp.get("palette"), count, where), count,
+                           hp.get("adapter", "spectralmoe"), float(value_scale if value_scale else scale),
+                           head=_head_name(hp))  # fmt: skip
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint (export folder, run folder or .ckpt file)")
-    raise ValueError(f"{path}: a checkpoint must be an export folder, a run folder holding export/, or a .ckpt file")
+    raise InputError(f"{path}: a checkpoint must be an export folder, a run folder holding export/, or a .ckpt file")
 
 
 def _is_spectralmoe(adapter: Any) -> bool:
@@ -315,6 +373,10 @@ class PredictionSummary:
     precision: str
     routing_layer: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: valid pixels no tile scored finitely (written as nodata)
+    unscored_pixels: int = 0
+    #: valid pixels more than ``EXTREME_STD`` std from the model's band statistics (reported)
+    extreme_pixels: int = 0
 
     @property
     def tiles_per_second(self) -> float:
@@ -328,15 +390,6 @@ class PredictionSummary:
         data["seconds"] = round(self.seconds, 3)
         data["tile_seconds"] = round(self.tile_seconds, 3)
         return data
-
-
-def _temporary(path: Path, stack: list[Path]) -> Path:
-    """A fresh temporary sibling of ``path``, remembered in ``stack`` for clean-up."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    stack.append(Path(name))
-    return Path(name)
 
 
 def _profile(src: Any, count: int, dtype: str, nodata: float) -> dict[str, Any]:
@@ -389,35 +442,85 @@ def _to_probabilities(scores: torch.Tensor, head: Any) -> torch.Tensor:
 
 
 def _device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"--device {device!r} is not a device name; use cpu or cuda[:N]") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available on this machine (use --device cpu)")
+        raise InputError(f"--device {device} requested but CUDA is not available on this machine (use --device cpu)")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device}")
+        raise InputError(f"--device must be cpu or cuda[:N], got {device}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
-def _check_paths(input_path: Path, outputs: dict[str, Path]) -> None:
-    seen: dict[Path, str] = {input_path.resolve(): "input"}
-    for name, path in outputs.items():
-        key = path.resolve()
-        if key in seen:
-            raise ValueError(f"{name} path {path} is the same file as the {seen[key]} path")
-        seen[key] = name
-
-
-def _inspect_input(path: Path) -> dict[str, Any]:
-    """Header facts of the input raster (count, size, CRS, transform, nodata), no pixel read."""
+def _inspect_input(path: Path, nodata: float | None) -> dict[str, Any]:
+    """Header facts of the input raster (count, size, dtype, CRS, transform, nodata, mask), plus a read
+    of its last row: a truncated file fails here, before the model is built or an output created."""
     import rasterio
+    from rasterio.enums import ColorInterp, MaskFlags
+    from rasterio.windows import Window
 
-    from spectralmoe.data.io import open_raw, raster_shape
+    from spectralmoe.data.io import RasterReadError, honoured_mask, open_raw, raster_shape
 
     raster_shape(path)  # a missing / unreadable file fails here, with its name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), open_raw(path, rasterio) as src:
-            return {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0],
-                    "crs": src.crs, "transform": src.transform, "nodata": src.nodata}  # fmt: skip
+            facts = {"count": src.count, "height": src.height, "width": src.width, "dtype": src.dtypes[0],
+                     "crs": src.crs, "transform": src.transform,
+                     "nodata": src.nodata if nodata is None else float(nodata),
+                     "explicit_mask": honoured_mask(src, None),
+                     "alpha_bands": [i for i, interp in enumerate(src.colorinterp) if interp == ColorInterp.alpha
+                                     and any(MaskFlags.alpha in f for f in src.mask_flag_enums)]}  # fmt: skip
+            try:
+                src.read(window=Window(0, src.height - 1, src.width, 1))
+            except (rasterio.errors.RasterioError, OSError) as error:
+                raise RasterReadError(f"{path}: unreadable or truncated raster ({describe(error)})") from error
+    if nodata is not None and not math.isfinite(float(nodata)) and not math.isnan(float(nodata)):
+        raise InputError(f"--nodata must be a number, got {nodata!r}")
+    return facts
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_estimate(height: int, width: int, *, tile: int, classes: int, bands: int, batch_size: int,
+                    routing: bool) -> int:  # fmt: skip
+    """Bytes ``predict_scene`` allocates beyond the model (see the module docstring's bound): strip
+    accumulators, one block row of probabilities, the blending window and one batch of tiles
+    (inputs, scores, probabilities)."""
+    rows = min(height, tile + BLOCK_SIZE)
+    strip = (4 * classes + 6 + (5 if routing else 0)) * rows * width
+    flush = 4 * classes * min(BLOCK_SIZE, height) * width
+    batch = batch_size * tile * tile * 4 * (bands + 2 * classes)
+    return strip + flush + 4 * tile * tile + batch
+
+
+def _expected_sizes(facts: dict[str, Any], classes: int, targets: dict[str, Path]) -> dict[str, float]:
+    """Uncompressed sizes (bytes) of the outputs: the free-space check's estimate."""
+    pixels = float(facts["height"]) * float(facts["width"])
+    sizes = {"--output": pixels * 4 / 3}  # uint8 map plus its overviews
+    if "--probabilities" in targets:
+        sizes["--probabilities"] = pixels * 4 * classes
+    if "--routing" in targets:
+        sizes["--routing"] = pixels
+    if "preview" in targets:
+        sizes["preview"] = 4e6
+    return sizes
 
 
 def predict_scene(
@@ -444,6 +547,7 @@ def predict_scene(
     band_tolerance_um: float = BAND_TOLERANCE_UM,
     gdal_cache_mb: int = GDAL_CACHE_MB,
     gsd_m: float | None = None,
+    nodata: float | None = None,
 ) -> PredictionSummary:
     """Segment a whole raster and write a georeferenced class map (see the module docstring for the
     tiling, blending and the memory bound).
@@ -476,34 +580,52 @@ def predict_scene(
             memory bound; larger only helps inputs with blocks much taller than the tile overlap).
         gsd_m: ground sampling distance (m) of the scene, for backbones that use one (Copernicus-FM's
             patch-area token); default: the model's own (its training data's). Ignored, with a note, by the others.
+        nodata: the input's fill value when its file does not declare one (or declares another): a
+            pixel equal to it in every band is nodata.
 
     Returns:
         A ``PredictionSummary``.
 
     Raises:
         BandMismatchError: bands cannot be matched (before the model is built or any file created).
-        ValueError / FileNotFoundError: bad arguments or files, each naming the culprit.
+        InputError / FileNotFoundError: bad arguments, files or output paths, each naming the culprit —
+            raised before the model is built and before any file is created.
+
+    Non-finite values never become a class: pixels whose input is NaN/inf (or nodata, or masked by the
+    file's mask band) and pixels for which no tile produced finite scores are nodata (255), and a
+    tile's non-finite scores are left out of the blend, so they cannot spread to valid neighbours.
+    Input values more than ``EXTREME_STD`` standard deviations from the model's band statistics are
+    counted and reported as a warning (typically an undeclared fill value: pass ``nodata``).
     """
     started = time.perf_counter()
     input_path, output = Path(input), Path(output)
-    if tile < 1 or not 0 <= overlap < tile:
-        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tile = check_int("--tile", tile, minimum=1)
+    overlap = check_int("--overlap", overlap, minimum=0)
+    if overlap >= tile:
+        raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    batch_size = check_int("--batch-size", batch_size, minimum=1)
+    check_int("--routing-layer", routing_layer)
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    targets = {"output": output}
+        raise InputError(f"--precision must be 'fp32' or 'bf16', got {precision!r}")
+    if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, (int, float))):
+        raise InputError(f"--nodata must be a number, got {nodata!r}")
+    targets = {"--output": output}
     if probabilities is not None:
-        targets["probabilities"] = Path(probabilities)
+        targets["--probabilities"] = Path(probabilities)
     if routing is not None:
-        targets["routing"] = Path(routing)
+        targets["--routing"] = Path(routing)
     if preview:
         targets["preview"] = output.with_suffix(".png")
-    _check_paths(input_path, targets)
+    if output.suffix.lower() == ".png":
+        raise InputError(f"--output {output} ends in .png; the map is a GeoTIFF (the preview is <output>.png)")
     run_device = _device(device)
 
     source = resolve_checkpoint(checkpoint)
-    facts = _inspect_input(input_path)
+    if not input_path.exists():
+        raise FileNotFoundError(f"--input {input_path}: no such file")
+    outputs = OutputSet(targets, inputs={"--input": input_path, **source.files()})
+    outputs.check()  # output = input, folders, permissions: before reading anything else
+    facts = _inspect_input(input_path, nodata)
     where = f"{input_path} (shape {facts['count']}x{facts['height']}x{facts['width']}, {facts['dtype']})"
     bands = match_bands(source.wavelengths, facts["count"], sensor=sensor, wavelengths=wavelengths,
                         tolerance_um=band_tolerance_um, where=where)  # fmt: skip
@@ -513,11 +635,24 @@ def predict_scene(
         if not math.isclose(scale, source.value_scale, rel_tol=1e-6):
             notes.append(f"sensor {sensor!r} has value scale {scale:g} but the model was trained on data of "
                          f"value scale {source.value_scale:g}: raw values are fed unchanged")  # fmt: skip
-            warnings.warn(notes[-1], stacklevel=2)
+            warnings.warn(InputWarning(notes[-1]), stacklevel=2)
     if source.num_classes > NODATA_CLASS:
-        raise ValueError(f"{source.describe()}: {source.num_classes} classes do not fit a uint8 map with nodata 255")
+        raise InputError(f"{source.describe()}: {source.num_classes} classes do not fit a uint8 map with nodata 255")
     if routing is not None and source.adapter != "spectralmoe":
-        raise ValueError(f"routing maps need a SpectralMoE model; {source.describe()} uses adapter {source.adapter!r}")
+        raise InputError(f"--routing needs a SpectralMoE model; {source.describe()} uses adapter {source.adapter!r}")
+    smallest = min_input_size(source.head)
+    if tile < smallest:
+        raise InputError(f"--tile {tile} is smaller than the {smallest} pixels a model with a {source.head} head "
+                         "needs (two feature-map cells at stride 32)")  # fmt: skip
+    need = memory_estimate(facts["height"], facts["width"], tile=tile, classes=source.num_classes,
+                           bands=len(bands), batch_size=batch_size, routing=routing is not None)  # fmt: skip
+    available = _available_memory()
+    if available is not None and need > available:
+        raise InputError(f"--tile {tile} with --batch-size {batch_size} needs about {need / 2**30:.1f} GiB for the "
+                         f"blending buffers and one batch of a {facts['width']}-pixel-wide scene; "
+                         f"{available / 2**30:.1f} GiB are available (use a smaller --tile or --batch-size)")  # fmt: skip
+    outputs.sizes = _expected_sizes(facts, source.num_classes, targets)
+    outputs.check()  # now with the sizes: enough free space for every output
 
     model = source.load(backbone_weights=backbone_weights, depth_weights=depth_weights, pretrained=pretrained)
     model = model.to(run_device).eval()
@@ -533,48 +668,107 @@ def predict_scene(
     layer = None
     if routing is not None:
         if not _is_spectralmoe(getattr(model, "adapter", None)):
-            raise ValueError(f"routing maps need a SpectralMoE adapter, got {type(model.adapter).__name__}")
+            raise InputError(f"--routing needs a SpectralMoE adapter, got {type(getattr(model, 'adapter', model)).__name__}")
         layers = model.adapter.num_layers
         layer = routing_layer + layers if routing_layer < 0 else routing_layer
         if not 0 <= layer < layers:
-            raise ValueError(f"routing_layer {routing_layer} out of range for {layers} adapted layers")
+            raise InputError(f"--routing-layer {routing_layer} out of range for {layers} adapted layers")
 
-    summary_counts, skipped, nodata_pixels, tiles, tile_seconds = _run(
-        model, source, input_path, targets, bands, tile=tile, overlap=overlap, batch_size=batch_size,
+    # An alpha-flagged band is a mask only when it is not read as data (GDAL flags the 4th band of every
+    # 4-band 8-bit GeoTIFF as alpha, which for NIR,R,G,B products is a spectral band).
+    alpha_read = sorted(set(facts["alpha_bands"]) & set(bands))
+    masked = facts["explicit_mask"] or bool(facts["alpha_bands"] and not alpha_read)
+    if alpha_read:
+        notes.append(f"{input_path}: band(s) {[b + 1 for b in alpha_read]} are flagged as alpha in the file but read "
+                     "as spectral bands; their zeros are data, not nodata")  # fmt: skip
+        logger.info(notes[-1])
+    run = _run(
+        model, source, input_path, outputs, bands, tile=tile, overlap=overlap, batch_size=batch_size,
         device=run_device, precision=precision, routing_layer=layer, overviews=overviews, progress=progress,
-        gdal_cache_mb=gdal_cache_mb,
+        gdal_cache_mb=gdal_cache_mb, nodata=facts["nodata"], masked=masked,
         provenance={"checkpoint": source.describe(), "input": str(input_path), "tile": tile, "overlap": overlap,
                     "bands_used": [b + 1 for b in bands], "precision": precision},
     )  # fmt: skip
+    for message in _run_warnings(run, input_path, bands):
+        notes.append(message)
+        warnings.warn(InputWarning(message), stacklevel=2)
     return PredictionSummary(
-        output=output, preview=targets.get("preview"), probabilities=targets.get("probabilities"),
-        routing=targets.get("routing"), checkpoint=source.describe(), height=facts["height"], width=facts["width"],
-        bands_used=bands, tiles=tiles, tiles_skipped=skipped, class_names=list(source.class_names),
-        class_pixels={n: int(c) for n, c in zip(source.class_names, summary_counts)}, nodata_pixels=nodata_pixels,
-        seconds=time.perf_counter() - started, tile_seconds=tile_seconds, device=str(run_device), precision=precision,
-        routing_layer=layer,
-        warnings=notes,
+        output=output, preview=targets.get("preview"), probabilities=targets.get("--probabilities"),
+        routing=targets.get("--routing"), checkpoint=source.describe(), height=facts["height"], width=facts["width"],
+        bands_used=bands, tiles=run.tiles, tiles_skipped=run.skipped, class_names=list(source.class_names),
+        class_pixels={n: int(c) for n, c in zip(source.class_names, run.counts)}, nodata_pixels=run.nodata_pixels,
+        seconds=time.perf_counter() - started, tile_seconds=run.seconds, device=str(run_device), precision=precision,
+        routing_layer=layer, warnings=notes, unscored_pixels=run.unscored, extreme_pixels=run.extreme,
     )  # fmt: skip
 
 
-def _tile_reader(src: Any, bands: list[int], fill: np.ndarray, nodata: float | None, tile: int
-                 ) -> Callable[[_Tile], tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def _run_warnings(run: "_RunResult", input_path: Path, bands: list[int]) -> list[str]:
+    messages = []
+    if run.unscored:
+        messages.append(f"{input_path}: {run.unscored:,} valid pixels got no finite score from the model (written "
+                        "as nodata 255); their inputs are probably extreme values")  # fmt: skip
+    if run.extreme:
+        ranges = ", ".join(f"band {b + 1}: {lo:.4g}..{hi:.4g}" for b, lo, hi in zip(bands, run.band_min, run.band_max))
+        messages.append(f"{input_path}: {run.extreme:,} pixels lie more than {EXTREME_STD:g} standard deviations "
+                        f"from the model's band statistics (values seen: {ranges}; beyond {UNUSABLE_STD:g} std they "
+                        "are written as nodata); if they are fill values, declare them with --nodata VALUE")  # fmt: skip
+    return messages
+
+
+@dataclass
+class _RunResult:
+    counts: np.ndarray
+    skipped: int
+    nodata_pixels: int
+    tiles: int
+    seconds: float
+    unscored: int
+    extreme: int
+    band_min: list[float]
+    band_max: list[float]
+
+
+def _tile_reader(src: Any, path: Path, bands: list[int], mean: np.ndarray, std: np.ndarray, nodata: float | None,
+                 masked: bool, tile: int) -> Callable[[_Tile], tuple[np.ndarray, ...]]:  # fmt: skip
     """Reads one tile: ``[C, tile, tile]`` float32 model input (invalid pixels = band means, mirrored
-    up to the tile size at scene edges) and the ``[h, w]`` invalid mask of its in-scene part."""
+    up to the tile size at scene edges), the ``[h, w]`` invalid mask of its in-scene part (NaN/inf in
+    any band, nodata in every band, masked by the file's mask band, or ``UNUSABLE_STD`` away from the
+    band statistics), the ``[h, w]`` mask of pixels more than ``EXTREME_STD`` standard deviations away,
+    and the per-band minimum and maximum of the measured values."""
+    import rasterio
     from rasterio.windows import Window
+
+    from spectralmoe.data.io import RasterReadError
 
     indexes = [b + 1 for b in bands]
 
-    def read(t: _Tile) -> tuple[np.ndarray, np.ndarray]:
-        data = src.read(indexes, window=Window(t.left, t.top, t.width, t.height), out_dtype="float32")
+    def read(t: _Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        window = Window(t.left, t.top, t.width, t.height)
+        try:
+            data = src.read(indexes, window=window, out_dtype="float32")
+            mask = src.read_masks(1, window=window) if masked else None
+        except (rasterio.errors.RasterioError, OSError) as error:
+            raise RasterReadError(f"{path}: unreadable or truncated at rows {t.top}..{t.top + t.height - 1}, columns "
+                                  f"{t.left}..{t.left + t.width - 1} ({describe(error)})") from error  # fmt: skip
         invalid = ~np.isfinite(data).all(0)
         if nodata is not None and not math.isnan(nodata):
             invalid |= (data == np.float32(nodata)).all(0)
+        if mask is not None:
+            invalid |= mask == 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            distance = (np.abs(data - mean[:, None, None]) / std[:, None, None]).max(0)
+        extreme = (distance > EXTREME_STD) & ~invalid
+        measured = data[:, ~invalid]
+        low = measured.min(1) if measured.size else np.full(len(indexes), np.inf)
+        high = measured.max(1) if measured.size else np.full(len(indexes), -np.inf)
+        # a value millions of std away is no measurement (an undeclared fill): fed to the model it would
+        # turn the scores of the whole tile non-finite, so it is nodata like NaN
+        invalid |= extreme & (distance > UNUSABLE_STD)
         if invalid.any():
-            data = np.where(invalid[None], fill[:, None, None], data)
+            data = np.where(invalid[None], mean[:, None, None], data)
         if t.height < tile or t.width < tile:
             data = np.pad(data, ((0, 0), (0, tile - t.height), (0, tile - t.width)), mode="symmetric")
-        return data, invalid
+        return data, invalid, extreme, low, high
 
     return read
 
@@ -585,66 +779,71 @@ def _batches(plan: list[_Tile], size: int) -> Iterator[list[_Tile]]:
 
 
 def _run(
-    model: Any, source: ModelSource, input_path: Path, targets: dict[str, Path], bands: list[int], *,
+    model: Any, source: ModelSource, input_path: Path, outputs: OutputSet, bands: list[int], *,
     tile: int, overlap: int, batch_size: int, device: torch.device, precision: Precision,
     routing_layer: int | None, overviews: bool, progress: bool, gdal_cache_mb: int, provenance: dict[str, Any],
-) -> tuple[np.ndarray, int, int, int, float]:  # fmt: skip
-    """The strip loop; returns (class pixel counts, skipped tiles, nodata pixels, tiles, loop seconds)."""
+    nodata: float | None, masked: bool,
+) -> _RunResult:  # fmt: skip
+    """The strip loop, writing every output to its temporary and committing them together at the end."""
     import rasterio
     from rasterio.enums import Resampling
     from tqdm.auto import tqdm
 
     from spectralmoe.data.io import open_raw
 
-    temporaries: list[Path] = []
     classes = source.num_classes
-    fill = model.pixel_mean.detach().float().cpu().numpy().reshape(-1)
+    mean = model.pixel_mean.detach().float().cpu().numpy().reshape(-1)
+    std = model.pixel_std.detach().float().cpu().numpy().reshape(-1)
     window = blend_window(tile)
     adapter = getattr(model, "adapter", None)  # a complete model (DSTC) has none
     recording = getattr(adapter, "record_routing", None)
+    names = {"--output": "classes", "--probabilities": "probabilities", "--routing": "routing"}
+    map_path = outputs.targets["--output"]
     try:
-        with contextlib.ExitStack() as stack:
+        with outputs, contextlib.ExitStack() as stack:
             stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             stack.enter_context(rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=int(gdal_cache_mb)))
             src = stack.enter_context(open_raw(input_path, rasterio))
             height, width = src.height, src.width
-            outputs: dict[str, Any] = {}
-            tmp = {name: _temporary(path, temporaries) for name, path in targets.items()}
-            outputs["classes"] = stack.enter_context(
-                rasterio.open(tmp["output"], "w", **_profile(src, 1, "uint8", NODATA_CLASS)))
-            outputs["classes"].write_colormap(1, {**{i: (*c, 255) for i, c in enumerate(source.palette)},
-                                                  NODATA_CLASS: (0, 0, 0, 0)})  # fmt: skip
-            outputs["classes"].set_band_description(1, "class index (255 = nodata)")
-            outputs["classes"].update_tags(**{CLASS_NAMES_TAG: json.dumps(source.class_names),
-                                              "NUM_CLASSES": str(classes), "NODATA_CLASS": str(NODATA_CLASS),
-                                              "SPECTRALMOE": json.dumps(provenance)})  # fmt: skip
+            files: dict[str, Any] = {}
+            tmp = {names[flag]: outputs.temporary(flag) for flag in outputs.targets if flag in names}
+            files["classes"] = stack.enter_context(
+                rasterio.open(tmp["classes"], "w", **_profile(src, 1, "uint8", NODATA_CLASS)))
+            files["classes"].write_colormap(1, {**{i: (*c, 255) for i, c in enumerate(source.palette)},
+                                                NODATA_CLASS: (0, 0, 0, 0)})  # fmt: skip
+            files["classes"].set_band_description(1, "class index (255 = nodata)")
+            files["classes"].update_tags(**{CLASS_NAMES_TAG: json.dumps(source.class_names),
+                                            "NUM_CLASSES": str(classes), "NODATA_CLASS": str(NODATA_CLASS),
+                                            "SPECTRALMOE": json.dumps(provenance)})  # fmt: skip
             if "probabilities" in tmp:
-                outputs["probabilities"] = stack.enter_context(
+                files["probabilities"] = stack.enter_context(
                     rasterio.open(tmp["probabilities"], "w", **_profile(src, classes, "float32", float("nan"))))
                 for i, name in enumerate(source.class_names, start=1):
-                    outputs["probabilities"].set_band_description(i, name)
-                outputs["probabilities"].update_tags(**{CLASS_NAMES_TAG: json.dumps(source.class_names)})
+                    files["probabilities"].set_band_description(i, name)
+                files["probabilities"].update_tags(**{CLASS_NAMES_TAG: json.dumps(source.class_names)})
             if "routing" in tmp:
                 experts = int(adapter.num_experts)
-                outputs["routing"] = stack.enter_context(
+                files["routing"] = stack.enter_context(
                     rasterio.open(tmp["routing"], "w", **_profile(src, 1, "uint8", NODATA_CLASS)))
-                outputs["routing"].write_colormap(1, {**{e: (*c, 255) for e, c in enumerate(routing_palette(experts))},
-                                                      NODATA_CLASS: (0, 0, 0, 0)})  # fmt: skip
-                outputs["routing"].set_band_description(1, f"top-1 visual expert at layer {routing_layer}")
-                outputs["routing"].update_tags(ROUTING_LAYER=str(routing_layer), NUM_EXPERTS=str(experts))
+                files["routing"].write_colormap(1, {**{e: (*c, 255) for e, c in enumerate(routing_palette(experts))},
+                                                    NODATA_CLASS: (0, 0, 0, 0)})  # fmt: skip
+                files["routing"].set_band_description(1, f"top-1 visual expert at layer {routing_layer}")
+                files["routing"].update_tags(ROUTING_LAYER=str(routing_layer), NUM_EXPERTS=str(experts))
                 adapter.record_routing = True
-            writer = _BlockRowWriter(outputs, width)
+            writer = _BlockRowWriter(files, width)
 
             # Strip accumulators: scene rows [strip_top, strip_top + rows).
             rows = min(height, tile + BLOCK_SIZE)
             acc = np.zeros((classes, rows, width), dtype=np.float32)
             weight = np.zeros((rows, width), dtype=np.float32)
             invalid = np.zeros((rows, width), dtype=bool)
+            extreme = np.zeros((rows, width), dtype=bool)
             route = np.full((rows, width), NODATA_CLASS, dtype=np.uint8) if routing_layer is not None else None
             route_weight = np.zeros((rows, width), dtype=np.float32) if routing_layer is not None else None
             strip_top = 0
             counts = np.zeros(256, dtype=np.int64)
+            tally = {"unscored": 0, "extreme": 0}
 
             def flush(until: int) -> None:
                 """Write scene rows [strip_top, until) (whole block rows unless ``until`` is the end)."""
@@ -652,13 +851,17 @@ def _run(
                 for start in range(strip_top, until, BLOCK_SIZE):
                     n = min(BLOCK_SIZE, until - start)
                     r = start - strip_top
-                    bad = invalid[r:r + n]
+                    # no finite score from any tile (non-finite model output): nodata, never class 0
+                    unscored = (weight[r:r + n] <= 0) & ~invalid[r:r + n]
+                    bad = invalid[r:r + n] | unscored
+                    tally["unscored"] += int(unscored.sum())
+                    tally["extreme"] += int(extreme[r:r + n].sum())
                     probs = acc[:, r:r + n] / np.maximum(weight[r:r + n], 1e-12)
                     labels = probs.argmax(0).astype(np.uint8)
                     labels[bad] = NODATA_CLASS
                     counts[:] += np.bincount(labels.ravel(), minlength=256)
                     arrays: dict[str, np.ndarray] = {"classes": labels}
-                    if "probabilities" in outputs:
+                    if "probabilities" in files:
                         probs[:, bad] = np.nan
                         arrays["probabilities"] = probs
                     if route is not None:
@@ -666,8 +869,8 @@ def _run(
                     writer.write(arrays)
                 shift = until - strip_top
                 keep = rows - shift
-                for buffer, empty in ((acc, 0.0), (weight, 0.0), (invalid, False), (route, NODATA_CLASS),
-                                      (route_weight, 0.0)):  # fmt: skip
+                for buffer, empty in ((acc, 0.0), (weight, 0.0), (invalid, False), (extreme, False),
+                                      (route, NODATA_CLASS), (route_weight, 0.0)):  # fmt: skip
                     if buffer is None:
                         continue
                     if keep > 0:
@@ -676,7 +879,9 @@ def _run(
                 strip_top = until
 
             plan = _plan(height, width, tile, overlap)
-            read = _tile_reader(src, bands, fill, src.nodata, tile)
+            read = _tile_reader(src, input_path, bands, mean, std, nodata, masked, tile)
+            band_min = np.full(len(bands), np.inf)
+            band_max = np.full(len(bands), -np.inf)
             skipped = 0
             bar = tqdm(total=len(plan), unit="tile", desc=f"predict {input_path.name}", disable=not progress,
                        dynamic_ncols=True)  # fmt: skip
@@ -685,8 +890,11 @@ def _run(
             loop_started = time.perf_counter()
             for batch in _batches(plan, batch_size):
                 loaded = [read(t) for t in batch]
-                live = [i for i, (_, bad) in enumerate(loaded) if not bad.all()]
+                live = [i for i, tile_data in enumerate(loaded) if not tile_data[1].all()]
                 probs_np = route_np = None
+                for _, _, _, low, high in loaded:
+                    band_min[:] = np.minimum(band_min, low)
+                    band_max[:] = np.maximum(band_max, high)
                 if live:
                     images = torch.from_numpy(np.stack([loaded[i][0] for i in live])).to(device)
                     with torch.inference_mode():
@@ -707,10 +915,13 @@ def _run(
                         flush(final)
                     r, h, w = t.top - strip_top, t.height, t.width
                     invalid[r:r + h, t.left:t.left + w] = loaded[i][1]
+                    extreme[r:r + h, t.left:t.left + w] |= loaded[i][2]
                     if i in slot:
                         k = slot[i]
-                        weights = window[:h, :w]
-                        acc[:, r:r + h, t.left:t.left + w] += probs_np[k, :, :h, :w] * weights
+                        tile_probs = probs_np[k, :, :h, :w]
+                        finite = np.isfinite(tile_probs).all(0)  # a non-finite score must not enter the blend
+                        weights = window[:h, :w] * finite
+                        acc[:, r:r + h, t.left:t.left + w] += np.where(finite, tile_probs, 0.0) * weights
                         weight[r:r + h, t.left:t.left + w] += weights
                         if route is not None and route_weight is not None and route_np is not None:
                             better = weights > route_weight[r:r + h, t.left:t.left + w]
@@ -722,24 +933,22 @@ def _run(
             if overviews:
                 factors = [f for f in (2, 4, 8, 16, 32, 64, 128) if max(height, width) / f >= BLOCK_SIZE / 2]
                 if factors:
-                    outputs["classes"].build_overviews(factors, Resampling.nearest)
-                    outputs["classes"].update_tags(ns="rio_overview", resampling="nearest")
-        if "preview" in tmp:
-            write_preview(tmp["output"], tmp["preview"], class_names=source.class_names, palette=source.palette,
-                          title=f"{input_path.name} → {targets['output'].name}")  # fmt: skip
-        for name in ("probabilities", "routing", "preview", "output"):  # the map last: it exists ⇒ all exist
-            if name in tmp:
-                os.replace(tmp[name], targets[name])
-    except BaseException:
-        for path in temporaries:
-            path.unlink(missing_ok=True)
-        raise
+                    files["classes"].build_overviews(factors, Resampling.nearest)
+                    files["classes"].update_tags(ns="rio_overview", resampling="nearest")
+            stack.close()  # every raster closed (flushed) before the preview reads the map
+            if "preview" in outputs.targets:
+                write_preview(tmp["classes"], outputs.temporary("preview"), class_names=source.class_names,
+                              palette=source.palette, title=f"{input_path.name} → {map_path.name}")  # fmt: skip
+            # the map last: when it is there, the whole set is
+            outputs.commit([f for f in ("--probabilities", "--routing", "preview", "--output") if f in outputs.targets])
     finally:
         if recording is not None:
             adapter.record_routing = recording
             adapter.last_routing = {}
-    nodata_pixels = int(counts[NODATA_CLASS])
-    return counts[:classes], skipped, nodata_pixels, len(plan), loop_seconds
+    finite = np.isfinite(band_min)
+    return _RunResult(counts[:classes], skipped, int(counts[NODATA_CLASS]), len(plan), loop_seconds,
+                      tally["unscored"], tally["extreme"], [float(v) if f else float("nan") for v, f in
+                      zip(band_min, finite)], [float(v) if f else float("nan") for v, f in zip(band_max, finite)])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -763,6 +972,9 @@ def add_predict_scene_parser(subparsers: argparse._SubParsersAction) -> argparse
     p.add_argument("--gsd", dest="gsd_m", type=float, default=None, metavar="M",
                    help="ground sampling distance of the scene in metres, for backbones that use one (Copernicus-FM); "
                    "default: the model's training GSD")
+    p.add_argument("--nodata", type=float, default=None,
+                   help="fill value of the input when its file declares none (or the wrong one): a pixel equal to it "
+                   "in every band is nodata")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -794,6 +1006,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         probabilities=args.probabilities, routing=args.routing, routing_layer=args.routing_layer,
         preview=args.preview, overviews=args.overviews, backbone_weights=args.backbone_weights,
         depth_weights=args.depth_weights, pretrained=args.pretrained, progress=not args.quiet, gsd_m=args.gsd_m,
+        nodata=args.nodata,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

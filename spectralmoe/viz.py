@@ -24,7 +24,6 @@ import colorsys
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from spectralmoe.errors import InputError, check_int
+from spectralmoe.outputs import OutputSet
 from spectralmoe.bands import (
     DEFAULT_RGB_TOLERANCE_UM,
     as_wavelength_list,
@@ -145,15 +146,16 @@ def add_legend(ax: Any, names: Sequence[str], palette: Palette, *, title: str | 
 # ------------------------------------------------------------------------------------------ figures
 def save_figure(fig: Any, path: PathLike, *, dpi: int = 100) -> Path:
     """Write a matplotlib figure as PNG via a temporary sibling file and a rename (never half-written)."""
+    from spectralmoe.outputs import temporary_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -388,6 +390,40 @@ def confusion_from_rasters(
     return total
 
 
+def class_value_counts(path: PathLike, what: str, *, rows_per_read: int = 1024) -> dict[int, int]:
+    """Pixel count of every value of a single-band integer raster, streamed ``rows_per_read`` rows at a
+    time. Anything else (several bands: a colour label or a scene; floats: probabilities or an image)
+    is refused with an ``InputError`` naming ``what`` and the file."""
+    from rasterio.windows import Window
+
+    counts: dict[int, int] = {}
+    with _open(path) as src:
+        dtype = np.dtype(src.dtypes[0])
+        if src.count != 1 or not np.issubdtype(dtype, np.integer):
+            kind = "probabilities or an image" if np.issubdtype(dtype, np.floating) else "a colour label or an image"
+            raise InputError(f"{what} {path} has {src.count} band(s) of {dtype}: a class map is one band of integer "
+                             f"class indices (this looks like {kind})")  # fmt: skip
+        for top in range(0, src.height, rows_per_read):
+            window = Window(0, top, src.width, min(rows_per_read, src.height - top))
+            values, number = np.unique(src.read(1, window=window), return_counts=True)
+            for value, count in zip(values.tolist(), number.tolist()):
+                counts[int(value)] = counts.get(int(value), 0) + int(count)
+    return counts
+
+
+def check_class_values(counts: dict[int, int], num_classes: int, allowed: int, what: str, path: PathLike) -> None:
+    """Refuse a class raster holding values that are neither a class index (``0..num_classes-1``) nor
+    ``allowed`` (nodata / ignore): an off-by-one label, a colour label or the wrong class list would
+    otherwise be scored silently wrong."""
+    bad = {v: c for v, c in counts.items() if not (0 <= v < num_classes) and v != allowed}
+    if bad:
+        values = sorted(bad)
+        shown = ", ".join(str(v) for v in values[:8]) + (", …" if len(values) > 8 else "")
+        raise InputError(f"{what} {path}: {sum(bad.values()):,} pixels hold values {{{shown}}} outside the "
+                         f"{num_classes} classes 0..{num_classes - 1} (and {allowed} = ignore): it does not fit the "
+                         "class list (1-based labels? another class list? pass --classes)")  # fmt: skip
+
+
 def error_map(pred: np.ndarray, truth: np.ndarray, ignore_index: int = NODATA_CLASS,
               nodata: int = NODATA_CLASS) -> np.ndarray:  # fmt: skip
     """RGBA ``[H, W, 4]``: correct pixels light grey, wrong ones red, ignored / nodata transparent."""
@@ -545,8 +581,31 @@ def viz_figure(
     is given.
 
     Class names come from ``classes`` (a file — see ``load_classes_file`` — or a list), else from the
-    map's ``CLASS_NAMES`` tag; colours from the classes file, else the map's colour table."""
+    map's ``CLASS_NAMES`` tag; colours from the classes file, else the map's colour table.
+
+    Refused with an ``InputError`` before anything is drawn: an output that is one of the inputs (or
+    another output), a prediction that is not a single-band integer class map, and a prediction or
+    ground truth holding values outside the class list (plus 255 / ``ignore_index``) — a metric over
+    a label that does not fit the class list would be wrong. The figures are replaced together."""
     output = Path(output)
+    ignore_index = check_int("--ignore-index", ignore_index, minimum=0, maximum=255)
+    max_size = check_int("--max-size", max_size, minimum=1)
+    if output.suffix.lower() != ".png":
+        raise InputError(f"--output {output}: the figure is a PNG; give a path ending in .png")
+    targets = {"--output": output}
+    if ground_truth is not None:
+        targets["confusion figure"] = output.with_name(f"{output.stem}_confusion.png")
+    if routing is not None:
+        targets["routing figure"] = output.with_name(f"{output.stem}_routing.png")
+    inputs = {"--prediction": prediction, "--ground-truth": ground_truth, "--image": image, "--routing": routing}
+    if isinstance(classes, (str, os.PathLike)):
+        inputs["--classes"] = classes
+    for flag, path in inputs.items():
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    outputs = OutputSet(targets, inputs={k: Path(v) for k, v in inputs.items() if v is not None})
+    outputs.check()
+
     map_names, map_palette = read_class_info(prediction)
     file_palette = None
     if isinstance(classes, (str, os.PathLike)):
@@ -556,9 +615,22 @@ def viz_figure(
     else:
         names = map_names
     if not names:
-        raise ValueError(f"{prediction}: no {CLASS_NAMES_TAG} tag; pass the class names (--classes FILE)")
+        raise InputError(f"{prediction}: no {CLASS_NAMES_TAG} tag; pass the class names (--classes FILE)")
+    if len(names) > NODATA_CLASS:
+        raise InputError(f"{len(names)} classes do not fit a uint8 class map (255 = nodata)")
     palette = list(file_palette or map_palette or default_palette(len(names)))[: len(names)]
     palette += default_palette(len(names))[len(palette):]
+    check_class_values(class_value_counts(prediction, "--prediction"), len(names), NODATA_CLASS, "--prediction",
+                       prediction)  # fmt: skip
+    if ground_truth is not None:
+        if _full_shape(ground_truth) != _full_shape(prediction):
+            raise InputError(f"--ground-truth {ground_truth} is {'x'.join(map(str, _full_shape(ground_truth)))} but "
+                             f"{prediction} is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
+        check_class_values(class_value_counts(ground_truth, "--ground-truth"), len(names), ignore_index,
+                           "--ground-truth", ground_truth)  # fmt: skip
+    if routing is not None and _full_shape(routing) != _full_shape(prediction):
+        raise InputError(f"--routing {routing} is {'x'.join(map(str, _full_shape(routing)))} but {prediction} "
+                         f"is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
 
     pred = read_decimated(prediction, max_size=max_size, bands=[0])[0][0]
     panels: list[tuple[np.ndarray, str]] = []
@@ -566,7 +638,7 @@ def viz_figure(
     if image is not None:
         with _open(image) as src:
             if (src.height, src.width) != _full_shape(prediction):
-                raise ValueError(f"image {image} is {src.height}x{src.width} but {prediction} is "
+                raise InputError(f"--image {image} is {src.height}x{src.width} but {prediction} is "
                                  f"{'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
         raw, nodata = read_decimated(image, max_size=max_size, resampling="average")
         background, label = composite(raw, _image_wavelengths(sensor, wavelengths), mode=composite_mode,
@@ -574,20 +646,15 @@ def viz_figure(
         panels.append((background, f"{Path(image).name}: {label}"))
     panels.append((colorize(pred, palette), f"prediction ({Path(prediction).name})"))
     confusion = None
-    confusion_path = None
     accuracy = miou = None
     if ground_truth is not None:
         truth = read_decimated(ground_truth, max_size=max_size, bands=[0])[0][0]
-        if truth.shape != pred.shape or _full_shape(ground_truth) != _full_shape(prediction):
-            raise ValueError(f"ground truth {ground_truth} is {'x'.join(map(str, _full_shape(ground_truth)))} but "
-                             f"{prediction} is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
         panels.append((colorize(truth, palette, nodata=ignore_index), f"ground truth ({Path(ground_truth).name})"))
         panels.append((error_map(pred, truth, ignore_index), "errors (red: wrong, grey: right)"))
         confusion = confusion_from_rasters(prediction, ground_truth, len(names), ignore_index=ignore_index)
         total = confusion.sum()
         accuracy = float(np.trace(confusion) / total) if total else float("nan")
         miou = _mean_iou(confusion)
-        confusion_path = output.with_name(f"{output.stem}_confusion.png")
 
     h, w = pred.shape
     panel_w = 4.5 * min(1.0, w / max(h, 1)) + 0.3
@@ -599,17 +666,16 @@ def viz_figure(
     add_legend(axes[-1], names, palette, title="classes")
     if accuracy is not None:
         fig.suptitle(f"overall accuracy {accuracy:.3f}, mIoU {miou:.3f} (all pixels)", fontsize=10)
-    save_figure(fig, output)
-    if confusion is not None and confusion_path is not None:
-        plot_confusion(confusion, names, confusion_path)
-    routing_path = None
-    if routing is not None:
-        if _full_shape(routing) != _full_shape(prediction):
-            raise ValueError(f"routing map {routing} is {'x'.join(map(str, _full_shape(routing)))} but {prediction} "
-                             f"is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
-        routing_path = render_routing_map(routing, output.with_name(f"{output.stem}_routing.png"), max_size=max_size,
-                                          background=background)  # fmt: skip
-    return VizResult(output, confusion_path, routing_path, confusion, list(names), accuracy, miou)
+    with outputs:
+        save_figure(fig, outputs.temporary("--output"))
+        if confusion is not None:
+            plot_confusion(confusion, names, outputs.temporary("confusion figure"))
+        if routing is not None:
+            render_routing_map(routing, outputs.temporary("routing figure"), max_size=max_size, background=background,
+                               title=Path(routing).name)  # fmt: skip
+        outputs.commit()
+    return VizResult(output, targets.get("confusion figure"), targets.get("routing figure"), confusion, list(names),
+                     accuracy, miou)  # fmt: skip
 
 
 def _full_shape(path: PathLike) -> tuple[int, int]:

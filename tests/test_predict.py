@@ -329,7 +329,7 @@ def test_routing_needs_spectralmoe_and_a_valid_layer(export, scene, tmp_path):
                                                                                  "adapter_kwargs": {}})  # fmt: skip
     with pytest.raises(ValueError, match="SpectralMoE model.*'rein'"):
         predict_scene(rein, scene[0], tmp_path / "a.tif", routing=tmp_path / "r.tif", **FAST)
-    with pytest.raises(ValueError, match="routing_layer 9 out of range for 4"):
+    with pytest.raises(ValueError, match="routing-layer 9 out of range for 4"):
         predict_scene(export, scene[0], tmp_path / "a.tif", routing=tmp_path / "r.tif", routing_layer=9, **FAST)
     assert not list(tmp_path.glob("*.tif"))
 

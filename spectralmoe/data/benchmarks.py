@@ -439,7 +439,9 @@ def _read_yaml_task(path: Path, seen: tuple[Path, ...] = ()) -> DGTask:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from error
+        from spectralmoe.errors import yaml_problem
+
+        raise ValueError(yaml_problem(path, error)) from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a task file must be a mapping of DGTask fields, got {type(data).__name__}")
     base = data.pop("extends", None)

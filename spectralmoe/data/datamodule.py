@@ -31,6 +31,7 @@ from spectralmoe.bands import SENSORS
 from spectralmoe.data.benchmarks import DGTask, load_task
 from spectralmoe.data.datasets.prepared import PreparedDataset
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex, TileRecord
+from spectralmoe.data.validate import TileCheck, ValidationReport, validate_tiles
 from spectralmoe.data.transforms import (
     Sample,
     build_eval_transforms,
@@ -265,6 +266,7 @@ class DGDataModule(L.LightningDataModule):
         eval_size_divisor: pad evaluation tiles to a multiple of this (``None``: whole tiles as
             stored, like the authors).
         drop_last: drop the last incomplete training batch.
+        validate: check every tile before the first step (headers, label values, grids; cached).
     """
 
     def __init__(
@@ -280,6 +282,7 @@ class DGDataModule(L.LightningDataModule):
         stats: Literal["authors", "published"] = "published",
         eval_size_divisor: int | None = None,
         drop_last: bool = True,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -306,6 +309,8 @@ class DGDataModule(L.LightningDataModule):
         )
         self.eval_transforms = build_eval_transforms(eval_size_divisor, self.pixel_mean)
         self._index: PreparedIndex | None = None
+        self.validate = validate
+        self.validation: ValidationReport | None = None
         self.train_dataset: SeededTransformDataset | None = None
         self.target_datasets: dict[str, TargetGroupDataset] = {}
         self.train_sampler: EpochSeededSampler | None = None
@@ -410,10 +415,26 @@ class DGDataModule(L.LightningDataModule):
                     f"{task.name!r} normalises {len(self.pixel_mean)} bands (field 'mean')"
                 )
 
+    def validate_tiles(self) -> ValidationReport:
+        """The pre-flight pass over every tile this task reads (``spectralmoe.data.validate``): one error
+        listing every bad file, before the first step. Cached per file by size and mtime."""
+        if self.validation is not None:
+            return self.validation
+        index, task = self.index, self.task
+        source = index.select("source", None if task.source_domains is None else list(task.source_domains))
+        checks = [TileCheck(self.root / t.image, self.root / t.label, index.sensors[t.sensor].num_bands, split, t.sensor)
+                  for split, tiles in (("source", source), ("target", self._target_records())) for t in tiles]  # fmt: skip
+        self.validation = validate_tiles(self.root, checks, num_classes=task.num_classes, mean=self.pixel_mean,
+                                         std=self.pixel_std)  # fmt: skip
+        return self.validation
+
     # -------------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
-        """Build the source training dataset and one evaluation dataset per target group."""
+        """Build the source training dataset and one evaluation dataset per target group (after the
+        pre-flight validation of every tile they hold)."""
         self._check_index()
+        if self.validate:
+            self.validate_tiles()
         task = self.task
         if self.train_dataset is None:
             source = PreparedDataset(

@@ -66,6 +66,9 @@ class RasterData:
     transform: Any
     nodata: float | None
     path: str
+    #: ``[H, W]`` bool, False where the file's own mask (GDAL per-dataset mask band or alpha) marks no
+    #: data; ``None`` when the file has no such mask
+    valid: np.ndarray | None = None
 
     @property
     def num_bands(self) -> int:
@@ -135,6 +138,26 @@ def open_raw(path: Path, rasterio: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ readers
+def honoured_mask(src: Any, used_bands: Sequence[int] | None) -> bool:
+    """Whether the file's own mask (``read_masks``) marks nodata for the bands read.
+
+    An explicit mask band (GDAL per-dataset mask, e.g. an internal ``.msk``) always does. A band the
+    file flags as *alpha* does only when it is not itself read as data: GDAL flags the 4th band of
+    any 4-band 8-bit GeoTIFF as alpha by default, so for a NIR,R,G,B or R,G,B,NIR product that
+    "alpha" is a spectral band, and honouring it would turn every pixel whose 4th band is 0 into
+    nodata. ``used_bands`` are the 0-based bands read (None: unknown, alpha is not honoured).
+    """
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    flags = src.mask_flag_enums
+    if any(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in flags):
+        return True
+    alpha = [i for i, interp in enumerate(src.colorinterp) if interp == ColorInterp.alpha]
+    if not alpha or not any(MaskFlags.alpha in f for f in flags) or used_bands is None:
+        return False
+    return not set(alpha) & {int(b) for b in used_bands}
+
+
 def read_raster(
     path: PathLike,
     *,
@@ -185,11 +208,15 @@ def read_raster(
                 array = src.read(indexes=indexes, window=rio_window)
                 transform = src.transform if window is None else src.transform @ Affine.translation(left, top)
                 crs, nodata = src.crs, src.nodata
+                valid = None
+                used = range(count) if indexes is None else [i - 1 for i in indexes]
+                if honoured_mask(src, used):
+                    valid = src.read_masks(1, window=rio_window) > 0
     except RasterReadError:
         raise
     except (errors.RasterioError, OSError, ValueError) as error:
         raise RasterReadError(f"{path}: unreadable or truncated raster ({error})") from error
-    return RasterData(array=array, crs=crs, transform=transform, nodata=nodata, path=str(path))
+    return RasterData(array=array, crs=crs, transform=transform, nodata=nodata, path=str(path), valid=valid)
 
 
 def _read_four_band_uint8_with_rasterio(path: Path, why: str) -> np.ndarray:

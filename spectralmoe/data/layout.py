@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
@@ -102,14 +101,25 @@ class PreparedIndex:
         return index
 
     def validate(self, source: str = "splits.json") -> None:
-        """Consistency checks that make later errors impossible: known sensors and splits, palette size."""
+        """Consistency checks that make later errors impossible: known sensors and splits, palette size,
+        tile paths that stay inside the prepared folder, no tile (image or label) listed twice."""
         if len(self.palette) != len(self.classes):
             raise ValueError(f"{source}: {len(self.classes)} classes but {len(self.palette)} palette colours")
+        seen: dict[str, str] = {}
         for tile in self.tiles:
             if tile.split not in SPLITS:
                 raise ValueError(f"{source}: tile {tile.image} has split {tile.split!r}; expected one of {SPLITS}")
             if tile.sensor not in self.sensors:
                 raise ValueError(f"{source}: tile {tile.image} names unknown sensor {tile.sensor!r}")
+            for kind, path in (("image", tile.image), ("label", tile.label)):
+                if not isinstance(path, str) or not _inside(path):
+                    raise ValueError(f"{source}: tile {kind} path {path!r} leaves the prepared folder (paths must be "
+                                     "relative, without '..')")  # fmt: skip
+                key = PurePosixPath(path).as_posix()
+                if key in seen:
+                    raise ValueError(f"{source}: {key} is listed twice (as the {seen[key]} and the {kind} of another "
+                                     "tile); every tile must appear once")  # fmt: skip
+                seen[key] = kind
 
     def save(self, root: str | os.PathLike[str]) -> Path:
         """Write ``splits.json`` atomically."""
@@ -138,26 +148,30 @@ class PreparedIndex:
         return list(dict.fromkeys(t.domain for t in self.tiles if split is None or t.split == split))
 
 
+def _inside(path: str) -> bool:
+    """A relative POSIX path that cannot climb out of its folder (no '..', no root, no drive, no '\\')."""
+    if not path or "\\" in path or ":" in path.split("/", 1)[0]:
+        return False
+    parts = PurePosixPath(path).parts
+    return not PurePosixPath(path).is_absolute() and ".." not in parts and bool(parts)
+
+
 # ----------------------------------------------------------------------------------- atomic writes
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` via a recognisable temporary sibling and a rename
+    (``spectralmoe.outputs``: a later run sweeps what a killed one left)."""
+    from spectralmoe.outputs import atomic_write_bytes as write
+
+    write(path, data)
 
 
 def _temporary_sibling(path: Path) -> Path:
+    from spectralmoe.outputs import temporary_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    return Path(tmp)
+    tmp = temporary_path(path)
+    tmp.touch()
+    return tmp
 
 
 def write_image_tile(

@@ -5,8 +5,9 @@ Why: the model normalises each band with its mean and std in the file's band ord
 prints them. Memory is bounded (one tile plus a few numbers per band), so a benchmark of tens of
 thousands of tiles is fine.
 
-Statistics are over valid pixels only: a pixel is skipped when any band is NaN/±inf or when all
-its bands equal the nodata value (the file's, or the ``nodata`` argument) — the same rule the
+Statistics are over valid pixels only: a pixel is skipped when any band is NaN/±inf, when all
+its bands equal the nodata value (the file's, or the ``nodata`` argument) or when the file's own
+mask band (GDAL internal mask, alpha) marks it — the same rule the
 datasets use to mask pixels to ignore. ``std`` is the population standard deviation (ddof=0).
 """
 
@@ -146,24 +147,29 @@ def compute_band_stats(
         split: for a prepared root, ``"source"``/``"target"`` (default both).
     """
     running = RunningBandStats()
+    where = str(dataset_or_root) if isinstance(dataset_or_root, (str, os.PathLike)) else type(dataset_or_root).__name__
     if hasattr(dataset_or_root, "image_paths") or isinstance(dataset_or_root, (str, os.PathLike)):
         paths = _image_paths(dataset_or_root, split)
         for i in _evenly_spaced(len(paths), max_samples):
             data = read_image(paths[i])
-            _update(running, data.array, data.nodata if nodata is None else nodata, str(paths[i]))
+            _update(running, data.array, data.nodata if nodata is None else nodata, str(paths[i]), data.valid)
     else:
         n = len(dataset_or_root)
         for i in _evenly_spaced(n, max_samples):
             image = dataset_or_root[i]["image"]
             array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
             _update(running, array, nodata, f"sample {i}")
+    if running.count == 0:
+        raise ValueError(f"{where}: no valid pixel in {running.tiles} tile(s) (all NaN/inf, nodata or masked); "
+                         "cannot compute band statistics")  # fmt: skip
     return running.result()
 
 
-def _update(running: RunningBandStats, array: np.ndarray, nodata: float | None, source: str) -> None:
+def _update(running: RunningBandStats, array: np.ndarray, nodata: float | None, source: str,
+            valid: np.ndarray | None = None) -> None:  # fmt: skip
     if array.ndim != 3:
         raise ValueError(f"{source}: image must be [C, H, W], got shape {array.shape}")
-    invalid = invalid_pixels(array, nodata)
+    invalid = invalid_pixels(array, nodata, valid)
     flat = array.reshape(array.shape[0], -1)
     if invalid is not None:
         flat = flat[:, ~invalid.ravel()]

@@ -1,26 +1,39 @@
 """Training and evaluation engine: the Lightning task, optimiser groups and schedule, metrics,
-trainable-only export and its callbacks (DESIGN §3, §6)."""
+trainable-only export and its callbacks (DESIGN §3, §6).
 
-from spectralmoe.engine.callbacks import ExportBest, ExportOnFitEnd
-from spectralmoe.engine.export import export_trainable, load_exported, read_export_config, trainable_state_dict
-from spectralmoe.engine.metrics import SegConfusion, scores_from_confusion, summarize, write_report
-from spectralmoe.engine.optim import build_param_groups, build_poly_scheduler, decay_table, poly_factor
-from spectralmoe.engine.task import SegmentationTask
+Names are imported on first use: loading an export (``spectralmoe predict-scene``) should not pay for
+importing Lightning, which only the task and the callbacks need."""
 
-__all__ = [
-    "ExportBest",
-    "ExportOnFitEnd",
-    "SegConfusion",
-    "SegmentationTask",
-    "build_param_groups",
-    "build_poly_scheduler",
-    "decay_table",
-    "export_trainable",
-    "load_exported",
-    "poly_factor",
-    "read_export_config",
-    "scores_from_confusion",
-    "summarize",
-    "trainable_state_dict",
-    "write_report",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "AtomicCheckpointIO": "callbacks",
+    "ExportBest": "callbacks",
+    "ExportOnFitEnd": "callbacks",
+    "SegConfusion": "metrics",
+    "SegmentationTask": "task",
+    "build_param_groups": "optim",
+    "build_poly_scheduler": "optim",
+    "decay_table": "optim",
+    "export_trainable": "export",
+    "load_exported": "export",
+    "poly_factor": "optim",
+    "read_export_config": "export",
+    "scores_from_confusion": "metrics",
+    "summarize": "metrics",
+    "trainable_state_dict": "export",
+    "write_report": "metrics",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -9,16 +9,52 @@ defaults to the trainer's log dir. Files are written by rank 0 only.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spectralmoe.engine.export import export_trainable
+from spectralmoe.outputs import sweep_stale, temporary_path
 
-__all__ = ["ExportBest", "ExportOnFitEnd"]
+__all__ = ["AtomicCheckpointIO", "ExportBest", "ExportOnFitEnd"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written whole or not at all.
+
+    Lightning's own writer stages a checkpoint in the system temp folder and moves it into place,
+    which degrades to a plain copy when that folder is another file system — a kill during the copy
+    leaves a truncated ``last.ckpt`` and a temp file nothing removes. Here the checkpoint is written
+    to a recognisable temporary sibling (``spectralmoe.outputs``), flushed and renamed; temporaries
+    of killed runs in the checkpoint folder are swept before the first write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[Path] = set()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        import torch
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._swept:
+            sweep_stale(target.parent)
+            self._swept.add(target.parent)
+        tmp = temporary_path(target)
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _folder(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:

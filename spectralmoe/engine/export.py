@@ -26,8 +26,6 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,9 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectralmoe
+from spectralmoe.errors import InputError, check_int, check_number, describe
 from spectralmoe.models.dstc import DSTC
 from spectralmoe.models.factory import build_segmentor
-from spectralmoe.models.segmentor import Segmentor
+from spectralmoe.models.segmentor import Segmentor, check_normalisation
+from spectralmoe.outputs import sweep_stale, temporary_path
 
 #: The model classes a task builds (``architecture`` "segmentor" / "dstc").
 _MODELS = (Segmentor, DSTC)
@@ -108,10 +108,10 @@ def _check_build_config(config: Mapping[str, Any], where: str) -> dict[str, Any]
     allowed = set(inspect.signature(build_segmentor).parameters) - _RUNTIME_KWARGS
     unknown = sorted(set(config) - allowed)
     if unknown:
-        raise ValueError(f"{where}: unknown build_segmentor argument(s) {unknown}; allowed: {sorted(allowed)}")
+        raise InputError(f"{where}: unknown build_segmentor argument(s) {unknown}; allowed: {sorted(allowed)}")
     for required in ("backbone", "num_classes"):
         if config.get(required) is None:
-            raise ValueError(f"{where}: build config lacks {required!r}")
+            raise InputError(f"{where}: build config lacks {required!r}")
     return dict(config)
 
 
@@ -186,7 +186,9 @@ def export_trainable(
     if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
         raise FileExistsError(f"{folder}: exists, is not empty and is not a spectralmoe export; choose another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    sweep_stale(folder.parent)  # what a killed export left (a retired copy is put back first)
+    staging = temporary_path(folder)
+    staging.mkdir()
     try:
         os.chmod(staging, 0o755)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
@@ -194,7 +196,7 @@ def export_trainable(
             frozen.save_pretrained(str(staging / FROZEN_DIR / part))
         (staging / CONFIG_FILE).write_text(text + "\n")
         if folder.exists():
-            retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            retired = temporary_path(folder, "old")  # same pid and target: a sweep can finish the swap
             os.replace(folder, retired)
             os.replace(staging, folder)
             shutil.rmtree(retired, ignore_errors=True)
@@ -246,14 +248,75 @@ def frozen_weights_path(folder: str | os.PathLike[str], part: str) -> str | None
 
 
 def read_export_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The contents of ``<folder>/spectralmoe.json`` (checked format)."""
+    """The contents of ``<folder>/spectralmoe.json``, checked: format, a ``build`` mapping whose
+    ``backbone`` and ``num_classes`` are usable, finite normalisation, and as many class names and
+    palette colours as classes. Every problem is an ``InputError`` naming the file and the field."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no spectralmoe export here (missing {CONFIG_FILE})")
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a text file ({error.reason})") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from error
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(info).__name__}")
     if info.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
+        raise InputError(f"{path}: format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    build = info.get("build")
+    if not isinstance(build, dict):
+        raise InputError(f"{path}: field 'build' (the build_segmentor arguments) is missing or not an object")
+    _check_build_values(build, str(path))
+    count = int(build["num_classes"])
+    names = info.get("classes")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{path}: field 'classes' must be a list of class names")
+        if len(names) != count:
+            raise InputError(f"{path}: {len(names)} class names in 'classes' for num_classes={count}; "
+                             "every class needs its name")  # fmt: skip
+    palette = info.get("palette")
+    if palette is not None:
+        if not isinstance(palette, list) or len(palette) != count:
+            raise InputError(f"{path}: 'palette' must hold {count} colours (one per class)")
+        for i, colour in enumerate(palette):
+            if not isinstance(colour, list) or len(colour) != 3 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour
+            ):
+                raise InputError(f"{path}: palette entry {i} must be three integers 0..255, got {colour!r}")
     return info
+
+
+def _check_build_values(build: Mapping[str, Any], where: str) -> None:
+    """The build values a loader relies on before building: names, class count, band facts."""
+    _check_build_config(build, where)
+    for key in ("backbone", "adapter", "head", "depth", "sensor"):
+        value = build.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{where}: build field {key!r} must be a name, got {value!r}")
+    check_int("build field 'num_classes'", build["num_classes"], minimum=1, where=where)
+    for key in ("adapter_kwargs", "head_kwargs"):
+        if build.get(key) is not None and not isinstance(build[key], dict):
+            raise InputError(f"{where}: build field {key!r} must be an object, got {build[key]!r}")
+    waves = build.get("wavelengths")
+    if waves is not None:
+        if not isinstance(waves, list) or not waves or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in waves
+        ):
+            raise InputError(f"{where}: build field 'wavelengths' must be a list of numbers (µm), got {waves!r}")
+    count = len(waves) if isinstance(waves, list) else None
+    for key in ("pixel_mean", "pixel_std"):
+        values = build.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            raise InputError(f"{where}: build field {key!r} must be a list with one value per band, got {values!r}")
+        if count is not None and len(values) != count:
+            raise InputError(f"{where}: build field {key!r} has {len(values)} values for {count} bands")
+    check_normalisation(build.get("pixel_mean"), build.get("pixel_std"), where=where)
+    if build.get("value_scale") is not None:
+        check_number("build field 'value_scale'", build["value_scale"], positive=True, where=where)
 
 
 def load_exported(
@@ -274,26 +337,39 @@ def load_exported(
     """
     folder = Path(folder)
     info = read_export_config(folder)
-    config = _check_build_config(info["build"], str(folder / CONFIG_FILE))
+    config_path = folder / CONFIG_FILE
+    config = _check_build_config(info["build"], str(config_path))
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing weights file")
-    tensors = load_file(str(weights_path), device="cpu")
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except Exception as error:  # noqa: BLE001 - safetensors' own error types vary: name the file
+        raise InputError(f"{weights_path}: unreadable or truncated safetensors file ({describe(error)})") from error
+    broken = [name for name, tensor in tensors.items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]  # fmt: skip
+    if broken:
+        raise InputError(f"{weights_path}: tensors {broken[:10]} hold NaN or infinite values; the model is unusable")
     # A complete model (DSTC) stores every tensor: nothing comes from pretrained weights (no ImageNet download).
     complete = config.get("architecture", "segmentor") != "segmentor"
     if pretrained and not complete:
         backbone_weights = backbone_weights or frozen_weights_path(folder, "backbone")
         depth_weights = depth_weights or frozen_weights_path(folder, "depth")
-    model = build_segmentor(
-        **config, pretrained=pretrained and not complete, backbone_weights=None if complete else backbone_weights,
-        depth_weights=depth_weights,
-    )
+    try:
+        model = build_segmentor(
+            **config, pretrained=pretrained and not complete, backbone_weights=None if complete else backbone_weights,
+            depth_weights=depth_weights,
+        )
+    except InputError as error:
+        raise InputError(f"{config_path}: {error}") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{config_path}: the model cannot be built from field 'build' ({describe(error)})") from error
     expected = trainable_state_keys(model)
     missing = [k for k in expected if k not in tensors]
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise KeyError(
-            f"{weights_path}: trainable tensors do not match the rebuilt model "
+        raise InputError(
+            f"{weights_path}: trainable tensors do not match the model {config_path} describes "
             f"(missing {missing[:20]}{'…' if len(missing) > 20 else ''}, "
             f"unexpected {unexpected[:20]}{'…' if len(unexpected) > 20 else ''})"
         )
@@ -301,7 +377,7 @@ def load_exported(
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(state[k].shape)}" for k, v in tensors.items()
              if tuple(v.shape) != tuple(state[k].shape)]  # fmt: skip
     if wrong:
-        raise ValueError(f"{weights_path}: shape mismatch for {wrong[:20]}")
+        raise InputError(f"{weights_path}: shape mismatch for {wrong[:20]}")
     result = model.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
     return model.to(map_location).eval()

@@ -48,11 +48,12 @@ and a light head leaves the adapter's query link unused.
 from __future__ import annotations
 
 import contextvars
+import json
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -68,9 +69,10 @@ from spectralmoe.engine.export import (
 )
 from spectralmoe.engine.metrics import SegConfusion, summarize, write_report
 from spectralmoe.engine.optim import build_param_groups, build_poly_scheduler
+from spectralmoe.errors import InputError
 from spectralmoe.models.accounting import parameter_report
 from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor, resolve_wavelengths
-from spectralmoe.models.segmentor import Segmentor
+from spectralmoe.models.segmentor import Segmentor, min_input_size
 
 __all__ = ["SegmentationTask"]
 
@@ -102,6 +104,50 @@ def _canonical(name: str) -> str:
 
 _DATA_FIELDS = ("num_classes", "class_names", "palette", "wavelengths", "in_bandwidths", "gsd_m", "pixel_mean",
                 "pixel_std", "value_scale")  # fmt: skip
+#: Task arguments that decide which model a checkpoint holds: a checkpoint loaded into a task that
+#: differs in one of them would silently run (or train) another model than the one asked for.
+IDENTITY_FIELDS = ("architecture", "backbone", "adapter", "head", "depth", "adapter_options", "head_options",
+                   "backbone_options", "out_indices", "kernel_resize", "depth_input")  # fmt: skip
+
+
+def _json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def identity_conflicts(stored: Mapping[str, Any], wanted: Mapping[str, Any],
+                       fields: Sequence[str] = IDENTITY_FIELDS) -> list[str]:  # fmt: skip
+    """``field: checkpoint X, config Y`` for every identity field present in both that differs (the depth
+    model only when the adapter uses one; empty option dicts equal ``None``)."""
+    from spectralmoe.models.adapters import adapter_uses_depth
+
+    conflicts = []
+    for field in fields:
+        if field not in stored or field not in wanted:
+            continue
+        if field == "depth" and (stored.get("adapter") is None or not adapter_uses_depth(
+                str(stored.get("adapter")), **(stored.get("adapter_options") or {}))):  # fmt: skip
+            continue
+        a, b = stored[field], wanted[field]
+        if field in ("adapter_options", "head_options", "backbone_options"):
+            a, b = a or {}, b or {}
+        if _json_key(a) != _json_key(b):
+            conflicts.append(f"{field}: checkpoint {a!r}, config {b!r}")
+    return conflicts
+
+
+NO_CLASS = 255
+IGNORE = 255
+
+
+class NonFiniteError(InputError, FloatingPointError):
+    """The model produced NaN/inf (a loss, or scores of labelled pixels): almost always extreme input
+    values or a learning rate that made training diverge; the message names the tiles."""
+
+
+def _classes(scores: torch.Tensor) -> torch.Tensor:
+    """Argmax over classes; 255 where any score of the pixel is NaN/inf."""
+    classes = scores.argmax(1)
+    return classes.masked_fill(~torch.isfinite(scores).all(1), NO_CLASS)
 
 
 class SegmentationTask(L.LightningModule):
@@ -341,6 +387,34 @@ class SegmentationTask(L.LightningModule):
             "out_indices": None if hp.out_indices is None else [int(i) for i in hp.out_indices],
         }
 
+    def setup(self, stage: str) -> None:
+        """Sizes the model cannot take (crop or tiles smaller than its minimum input) are refused before
+        the first step, naming the option or the tile."""
+        dm = self._datamodule()
+        smallest = min_input_size(self.hparams.head)
+        task = getattr(dm, "task", None)
+        crop = getattr(task, "crop_size", None)
+        batch = int(getattr(dm, "batch_size", 1) or 1)
+        if stage == "fit" and crop is not None and int(crop) < min_input_size(self.hparams.head, batch):
+            raise InputError(f"task {task.name!r}: crop_size {crop} is smaller than the "
+                             f"{min_input_size(self.hparams.head, batch)} pixels a model with a {self.hparams.head} "
+                             f"head needs in batches of {batch}")  # fmt: skip
+        if self.hparams.eval_mode == "slide" and self.hparams.eval_crop < smallest:
+            raise InputError(f"--model.eval_crop {self.hparams.eval_crop} is smaller than the {smallest} pixels a "
+                             f"model with a {self.hparams.head} head needs")  # fmt: skip
+        report = getattr(dm, "validation", None)
+        if self.hparams.eval_mode == "whole" and report is not None and report.smallest is not None:
+            # whole tiles run in evaluation batches; does a batch of a single tile occur?
+            size = int(getattr(dm, "eval_batch_size", 1) or 1)
+            counts = [len(d) for d in (getattr(dm, "target_datasets", None) or {}).values()]
+            counts += [sum(counts)] if stage == "predict" else []
+            lone = size == 1 or any(n % size == 1 for n in counts) or not counts
+            smallest = min_input_size(self.hparams.head, 1 if lone else 2)
+            if min(report.smallest) < smallest:
+                raise InputError(f"{getattr(dm, 'root', 'the data')}: a tile of {report.smallest[0]}x{report.smallest[1]}"
+                                 f" pixels is smaller than the {smallest} pixels a model with a {self.hparams.head} "
+                                 "head needs (use --model.eval_mode slide, or larger tiles)")  # fmt: skip
+
     def configure_model(self) -> None:
         """Build the Segmentor once (Lightning calls this in every fit/validate/test/predict)."""
         if self.segmentor is not None:
@@ -476,6 +550,13 @@ class SegmentationTask(L.LightningModule):
         image, mask = batch["image"], batch["mask"]
         terms = self._model().loss(image, mask, self._wavelengths(batch))
         total: torch.Tensor = sum(terms.values())  # type: ignore[assignment]
+        if not bool(torch.isfinite(total.detach())):
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            tiles = [str(p) for p in (batch.get("path") or [])][:8]
+            raise NonFiniteError(
+                f"non-finite training loss at step {self.global_step} ({values}) on tiles {tiles}: a tile holds "
+                "extreme values (check them with `spectralmoe stats`) or --model.lr is too high"
+            )
         batch_size = image.shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
@@ -504,7 +585,8 @@ class SegmentationTask(L.LightningModule):
 
     # ---------------------------------------------------------------------------- evaluation
     def _predict_classes(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Argmax class map ``[B, H, W]``; a batch mixing band layouts is run one layout at a time."""
+        """Argmax class map ``[B, H, W]``; a batch mixing band layouts is run one layout at a time.
+        Pixels whose scores are not finite are 255 (no class), never the argmax of NaNs."""
         image = batch["image"]
         waves = batch.get("wavelengths")
         if isinstance(waves, torch.Tensor) and waves.ndim == 2 and not torch.equal(waves, waves[:1].expand_as(waves)):
@@ -512,9 +594,9 @@ class SegmentationTask(L.LightningModule):
             for row in torch.unique(waves, dim=0):
                 index = (waves == row).all(dim=1).nonzero().flatten()
                 sub = {"image": image[index], "wavelengths": waves[index]}
-                out[index] = self(sub["image"], self._wavelengths(sub)).argmax(1)
+                out[index] = _classes(self(sub["image"], self._wavelengths(sub)))
             return out
-        return self(image, self._wavelengths(batch)).argmax(1)
+        return _classes(self(image, self._wavelengths(batch)))
 
     def _start_eval(self, count: int) -> None:
         classes = int(self.hparams.num_classes)
@@ -525,7 +607,15 @@ class SegmentationTask(L.LightningModule):
             raise ValueError("validation/test batches need a 'mask' (use predict for unlabelled tiles)")
         while len(self._confusions) <= dataloader_idx:
             self._confusions.append(SegConfusion(int(self.hparams.num_classes)).to(self.device))
-        self._confusions[dataloader_idx].update(self._predict_classes(batch), batch["mask"])
+        predicted = self._predict_classes(batch)
+        unscored = (predicted == NO_CLASS) & (batch["mask"] != IGNORE)
+        if bool(unscored.any()):
+            tiles = [str(p) for p in (batch.get("path") or [])][:8]
+            raise NonFiniteError(
+                f"the model gave non-finite scores for {int(unscored.sum()):,} labelled pixels of tiles {tiles}: the "
+                "metrics would be wrong (extreme input values, or diverged weights)"
+            )
+        self._confusions[dataloader_idx].update(predicted, batch["mask"])
 
     def _domain_names(self, count: int) -> list[str]:
         names = getattr(self._datamodule(), "target_domains", None)
@@ -610,15 +700,30 @@ class SegmentationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the stored trainable names strictly, then complete the state with the frozen tensors
         of the freshly built model so Lightning's strict ``load_state_dict`` succeeds."""
+        stored = checkpoint.get("hyper_parameters")
+        if isinstance(stored, Mapping):
+            conflicts = identity_conflicts(stored, self.hparams)
+            if conflicts:
+                raise InputError("the checkpoint holds another model than this task builds (" + "; ".join(conflicts)
+                                 + "): use the checkpoint's settings or a matching checkpoint")  # fmt: skip
         self.configure_model()
         state = checkpoint["state_dict"]
         current = self.state_dict()
         missing = sorted(self._trainable_keys() - set(state))
         unexpected = sorted(set(state) - set(current))
         if missing or unexpected:
-            raise KeyError(
+            raise InputError(
                 f"checkpoint does not match this model's trainable tensors: missing {missing[:20]}, "
                 f"unexpected {unexpected[:20]} (was it trained with other adapter/head options?)"
             )
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(current[k].shape)}" for k, v in state.items()
+                 if k in current and hasattr(v, "shape") and tuple(v.shape) != tuple(current[k].shape)]  # fmt: skip
+        if wrong:
+            raise InputError(f"checkpoint tensors do not fit this model (another class count or band count?): "
+                             f"{wrong[:10]}")  # fmt: skip
+        broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                  and not bool(torch.isfinite(v).all())]  # fmt: skip
+        if broken:
+            raise InputError(f"checkpoint tensors {broken[:10]} hold NaN or infinite values; the model is unusable")
         for key, value in current.items():
             state.setdefault(key, value)

@@ -526,13 +526,18 @@ class DSTC(nn.Module):
         crop: int = 512,
         stride: int | None = None,
         batch_size: int = 4,
+        pad: bool = True,
     ) -> torch.Tensor:
         """Per-pixel class scores ``[B, K, H, W]``: each pixel gets its supertoken's logits.
 
-        ``whole`` pads to a multiple of ``fold`` and crops back; ``slide`` averages ``crop`` windows
-        every ``stride`` pixels (as the segmentor's).
+        ``whole`` pads to a multiple of ``fold`` and crops back (``pad=False``: a size that is not a
+        multiple is an error, as the authors' code asserts); ``slide`` averages ``crop`` windows every
+        ``stride`` pixels (as the segmentor's).
         """
         self._check_image(image, wavelengths)
+        fold = self.fold
+        if not pad and (image.shape[-2] % fold or image.shape[-1] % fold):
+            raise ValueError(f"pad=False: image size {tuple(image.shape[-2:])} is not a multiple of the fold {fold}")
         if mode == "whole":
             return self._whole_logits(image)
         if mode != "slide":

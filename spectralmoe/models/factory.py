@@ -15,7 +15,8 @@ from spectralmoe.models.backbones import build_backbone
 from spectralmoe.models.backbones.base import refuse_trainable_adapter
 from spectralmoe.models.depth import build_depth_encoder
 from spectralmoe.models.heads import build_head
-from spectralmoe.models.segmentor import DepthInput, Segmentor
+from spectralmoe.errors import InputError, check_int, check_number
+from spectralmoe.models.segmentor import DepthInput, Segmentor, check_normalisation
 
 DEFAULT_DEPTH = "prompt-depth-anything-large"
 #: ``"segmentor"``: frozen backbone + adapter + head; ``"dstc"``: the complete DSTC model (``models/dstc.py``).
@@ -30,7 +31,18 @@ def resolve_wavelengths(sensor: str | None, wavelengths: Sequence[float] | None)
         record = get_sensor(sensor)
         return list(record.wavelengths_um), record.value_scale
     if wavelengths is not None:
-        return [float(w) for w in wavelengths], 255.0
+        try:
+            if isinstance(wavelengths, (str, bytes)):
+                raise TypeError
+            values = [float(w) for w in wavelengths]
+            if not values:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InputError(f"wavelengths must be numbers (µm; nan for a non-spectral band), got {wavelengths!r}") \
+                from None
+        if any(math.isinf(w) or (not math.isnan(w) and w <= 0) for w in values):
+            raise InputError(f"wavelengths must be positive µm values (nan for a non-spectral band), got {values}")
+        return values, 255.0
     return list(RGB_TARGETS_UM), 255.0
 
 
@@ -95,8 +107,22 @@ def build_segmentor(
     (``backbone`` names its preset, ``backbone_kwargs`` its sizes, ``backbone_weights`` the ImageNet
     ResNet-18 file); the adapter, head and depth arguments do not apply to it.
     """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = check_int("num_classes", num_classes, minimum=1, where="build_segmentor")
+    named = (("backbone", backbone),) if architecture == "dstc" else (("backbone", backbone), ("adapter", adapter),
+                                                                       ("head", head))  # fmt: skip
+    for name, value in named:
+        if not isinstance(value, str) or not value:
+            raise InputError(f"build_segmentor: {name} must be a preset name, got {value!r}")
+    if depth is not None and not isinstance(depth, str):
+        raise InputError(f"build_segmentor: depth must be a preset name or None, got {depth!r}")
+    for name, options in (("adapter_kwargs", adapter_kwargs), ("head_kwargs", head_kwargs)):
+        if options is not None and not isinstance(options, dict):
+            raise InputError(f"build_segmentor: {name} must be a dict of options, got {options!r}")
+    if out_indices is not None:
+        out_indices = [check_int("out_indices entry", i, minimum=0, where="build_segmentor") for i in out_indices]
+    if value_scale is not None:
+        value_scale = check_number("value_scale", value_scale, positive=True, where="build_segmentor")
+    check_normalisation(pixel_mean, pixel_std, where="build_segmentor")
     band_wavelengths, sensor_scale = resolve_wavelengths(sensor, wavelengths)
     if architecture == "dstc":
         return _build_dstc(backbone, num_classes, band_wavelengths, sensor_scale, pretrained, backbone_weights,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Literal, Sequence
 
 import torch
@@ -19,12 +20,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectralmoe.bands import as_wavelength_list, rgb_band_indices
+from spectralmoe.errors import InputError, check_number
 from spectralmoe.models.adapters.base import Adapter
 from spectralmoe.models.backbones.base import FrozenBackbone, refuse_trainable_adapter
 
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # stride 16 tokens → strides 4, 8, 16, 32
 DepthInput = Literal["percentile", "scale", "official"]
 DEPTH_INPUTS = ("percentile", "scale", "official")
+#: Smallest usable per-band std (raw units): below it normalisation multiplies noise by > 1e6.
+MIN_PIXEL_STD = 1e-6
+#: Token grid stride of every backbone (patch-14 models are loaded at 16).
+TOKEN_STRIDE = 16
+
+
+def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None, where: str = "") -> None:
+    """Refuse per-band statistics that would silently wreck every prediction: a NaN/inf mean or std,
+    or a std at or below ``MIN_PIXEL_STD`` (a constant band, or a unit mix-up); names the band."""
+    prefix = f"{where}: " if where else ""
+    for name, values in (("pixel_mean", mean), ("pixel_std", std)):
+        if values is None:
+            continue
+        for band, value in enumerate(values):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise InputError(f"{prefix}{name} of band {band + 1} is {value!r}: normalisation must be finite")
+    for band, value in enumerate(std or []):
+        if value <= MIN_PIXEL_STD:
+            raise InputError(f"{prefix}pixel_std of band {band + 1} is {value!r}: a std of {MIN_PIXEL_STD:g} or "
+                             "less makes normalised values explode (constant band or wrong statistics?)")  # fmt: skip
+
+
+def min_input_size(head: str | nn.Module, batch_size: int = 1) -> int:
+    """Smallest tile/crop side (pixels) a model with this head accepts in batches of ``batch_size``.
+
+    The pyramid's coarsest map is half the token grid, so a side needs at least two tokens (32 px);
+    Mask2Former's pixel decoder normalises that map with GroupNorm, which needs more than one value
+    per group: a 1×1 map is fine in a batch of two or more, but a lone tile needs four tokens (64 px)."""
+    name = head if isinstance(head, str) else type(head).__name__.lower()
+    tokens = 4 if "mask2former" in name and batch_size < 2 else 2
+    return tokens * TOKEN_STRIDE
 
 
 def _exact_patch_embedding(image: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -78,9 +111,9 @@ class Segmentor(nn.Module):
         mean = [0.0] * num_bands if pixel_mean is None else [float(v) for v in pixel_mean]
         std = [1.0] * num_bands if pixel_std is None else [float(v) for v in pixel_std]
         if len(mean) != num_bands or len(std) != num_bands:
-            raise ValueError(f"{num_bands} bands but {len(mean)} means and {len(std)} stds")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"pixel_std must be positive, got {std}")
+            raise InputError(f"{num_bands} bands but {len(mean)} means and {len(std)} stds")
+        check_normalisation(mean, std)
+        check_number("value_scale", value_scale, positive=True)
         refuse_trainable_adapter(backbone, adapter)
         if adapter.needs_depth and depth_encoder is None:
             raise ValueError(f"{type(adapter).__name__} needs depth tokens but no depth_encoder was given")

@@ -240,3 +240,24 @@ def test_read_image_geotiff_and_truncated_png(tmp_path: Path) -> None:
     truncate(tmp_path / "t.png")
     with pytest.raises(RasterReadError, match="t.png"):
         io.read_image(tmp_path / "t.png")
+
+
+def test_alpha_band_is_a_mask_only_when_it_is_not_read_as_data(tmp_path):
+    """GDAL flags the 4th band of any 4-band uint8 GeoTIFF as alpha: it masks nodata for an R,G,B read, but is a
+    spectral band (NIR,R,G,B's blue) when read as data. An explicit mask band always masks."""
+    from spectralmoe.data.io import honoured_mask
+
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=8, width=8, count=4, dtype="uint8") as dst:
+        dst.write(np.ones((4, 8, 8), dtype=np.uint8))
+    with rasterio.open(path) as src:
+        assert rasterio.enums.ColorInterp.alpha in src.colorinterp
+        assert honoured_mask(src, [0, 1, 2]) and not honoured_mask(src, [0, 1, 2, 3]) and not honoured_mask(src, None)
+    masked = tmp_path / "masked.tif"
+    with rasterio.open(masked, "w", driver="GTiff", height=8, width=8, count=4, dtype="uint8",
+                       photometric="MINISBLACK") as dst:  # fmt: skip
+        dst.write(np.ones((4, 8, 8), dtype=np.uint8))
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "r+") as dst:
+        dst.write_mask(np.full((8, 8), 255, dtype=np.uint8))
+    with rasterio.open(masked) as src:
+        assert honoured_mask(src, [0, 1, 2, 3]) and honoured_mask(src, None)

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from spectralmoe.bands import Sensor, get_sensor
 from spectralmoe.data.datasets.prepared import IGNORE_INDEX, Sample, check_files_exist, load_sample
+from spectralmoe.data.validate import TileCheck, ValidationReport, validate_tiles
 
 __all__ = ["GeoTiffFolder", "read_class_list", "offset_lookup"]
 
@@ -89,6 +90,8 @@ class GeoTiffFolder(Dataset):
         palette: RGB colour per class (default: generated).
         value_scale: raw value of full brightness/reflectance, for a ``wavelengths`` sensor.
         classes_check: check label values against the class list on every read.
+        validate: check every tile when the folder is opened (headers, label values, grids; cached), so a
+            bad file is reported with all others before any training step.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class GeoTiffFolder(Dataset):
         palette: Sequence[tuple[int, int, int]] | None = None,
         value_scale: float = 1.0,
         classes_check: bool = True,
+        validate: bool = True,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.label_dir = None if label_dir is None else Path(label_dir)
@@ -145,6 +149,7 @@ class GeoTiffFolder(Dataset):
         self.transform = transform
         self.classes_check = classes_check
         self.ignore_index = IGNORE_INDEX
+        self.validation: ValidationReport | None = None
 
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: image folder not found")
@@ -153,6 +158,14 @@ class GeoTiffFolder(Dataset):
         self.images = _scan(self.image_dir, suffixes)
         if not self.images:
             raise ValueError(f"{self.image_dir}: no image files ending in {tuple(suffixes)} (searched recursively)")
+        stems: dict[Path, list[Path]] = {}
+        for image in self.images:
+            stems.setdefault(image.relative_to(self.image_dir).with_suffix(""), []).append(image)
+        clashes = [paths for paths in stems.values() if len(paths) > 1]
+        if clashes:
+            listed = "; ".join(" and ".join(str(p) for p in paths) for paths in clashes[:10])
+            raise ValueError(f"{self.image_dir}: {len(clashes)} image name(s) differ only in their ending ({listed}); "
+                             "they would share one label: rename or remove one of each")  # fmt: skip
         self.labels: list[Path] | None = None
         if self.label_dir is not None:
             self.labels = [self._pair(p, label_suffix) for p in self.images]
@@ -162,6 +175,16 @@ class GeoTiffFolder(Dataset):
                 f"labels in {self.label_dir} for images in {self.image_dir} (same relative path and stem, "
                 f"searched {', '.join(searched)})",
             )
+        if validate:
+            self.validation = self.validate_tiles()
+
+    def validate_tiles(self) -> ValidationReport:
+        """The pre-flight pass over every image (and label) of the folder (``spectralmoe.data.validate``):
+        one error listing every bad file. Cached per file by size and mtime."""
+        checks = [TileCheck(image, label, self.sensor.num_bands, "source", self.sensor.name)
+                  for image, label in self.records]  # fmt: skip
+        return validate_tiles(self.image_dir.parent, checks, num_classes=self.num_classes if self.classes_check else None,
+                              label_lookup=self.label_lookup)  # fmt: skip
 
     def _pair(self, image: Path, label_suffix: str | None) -> Path:
         """The label of ``image``: same relative folder and stem under ``label_dir``."""

@@ -38,16 +38,17 @@ def check_files_exist(paths: Iterable[Path], what: str) -> None:
         raise FileNotFoundError(f"{what}: {len(missing)} listed file(s) missing:\n  {shown}{more}")
 
 
-def invalid_pixels(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """``[H, W]`` bool of pixels that carry no data: any band NaN/±inf, or ALL bands equal ``nodata``.
+def invalid_pixels(array: np.ndarray, nodata: float | None, valid: np.ndarray | None = None) -> np.ndarray | None:
+    """``[H, W]`` bool of pixels that carry no data: any band NaN/±inf, ALL bands equal ``nodata``, or
+    ``valid`` False (the file's own mask band, ``RasterData.valid``).
 
     Returns ``None`` when every pixel is valid (the common case, so callers skip the masking).
     """
-    invalid = None
+    invalid = None if valid is None or valid.all() else ~valid
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array).all(axis=0)
         if not finite.all():
-            invalid = ~finite
+            invalid = ~finite if invalid is None else invalid | ~finite
     if nodata is not None and not math.isnan(nodata):
         representable = True
         if np.issubdtype(array.dtype, np.integer):
@@ -77,7 +78,8 @@ def load_sample(
     int64 ``[H, W]`` (255 = ignore; absent when ``label_path`` is None), ``domain``, ``sensor``,
     ``wavelengths`` float32 ``[C]``, ``path``.
 
-    Invalid pixels — NaN/±inf in any band, or the file's nodata value in all bands — are masked to
+    Invalid pixels — NaN/±inf in any band, the file's nodata value in all bands, or masked by the
+    file's own mask band — are masked to
     ignore (255) and their pixel values set to 0 in every band (the padding value of the
     pipeline), because real scenes have such holes; an error would make whole tiles unusable.
     Every other problem raises an error naming the file: wrong band count, image/label size
@@ -93,7 +95,7 @@ def load_sample(
             f"(wavelengths µm {list(sensor.wavelengths_um)})"
         )
     image = array.astype(np.float32)
-    invalid = invalid_pixels(array, data.nodata)
+    invalid = invalid_pixels(array, data.nodata, data.valid)
     if invalid is None and not np.isfinite(image).all():
         invalid = ~np.isfinite(image).all(axis=0)  # float64 values beyond float32's range
     if invalid is not None:

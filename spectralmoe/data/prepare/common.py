@@ -10,6 +10,7 @@ or folders is ``raw.py``; split-list files are ``lists.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -128,6 +129,33 @@ def check_choice(value: str, what: str, choices: Sequence[str]) -> str:
     return value
 
 
+def raw_fingerprint(raw: str | os.PathLike[str], exclude: Path | None = None) -> str:
+    """SHA-256 over the relative path, size and modification time of every file under ``raw`` (or of
+    ``raw`` itself), ``exclude`` (the output folder, when it lies inside) left out: it changes when a
+    raw file is corrected, replaced, added or removed."""
+    root = Path(raw)
+    digest = hashlib.sha256()
+    skip = exclude.resolve() if exclude is not None else None
+    paths = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and (skip is None or skip not in p.resolve().parents))
+    for path in paths:
+        stat = path.stat()
+        name = path.name if path == root else path.relative_to(root).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def sweep_stale_tree(root: Path) -> int:
+    """Remove the temporaries that killed runs left anywhere under ``root`` (``spectralmoe.outputs``)."""
+    from spectralmoe.outputs import sweep_stale
+
+    folders = {root}
+    for folder, _, names in os.walk(root):
+        if any(".smoe-" in name for name in names):
+            folders.add(Path(folder))
+    return sum(len(sweep_stale(folder)) for folder in folders)
+
+
 # ------------------------------------------------------------------------------------------ the run
 class PrepareRun:
     """One conversion into ``out``: guards the folder, writes tiles resumably, reports progress.
@@ -139,6 +167,9 @@ class PrepareRun:
     naming each changed option). Options that only decide *which* tiles exist or how they are
     grouped (split lists, domains) do not belong here: changing them re-indexes the tiles on
     disk. ``None`` records nothing (for callers that never resume, such as tests).
+
+    ``raw`` (the raw input folder or archive) adds its fingerprint to that record: a rerun after the
+    raw files changed rewrites every tile instead of keeping the old ones.
     """
 
     def __init__(
@@ -148,9 +179,12 @@ class PrepareRun:
         *,
         progress: bool = True,
         tile_options: dict[str, Any] | None = None,
+        raw: str | os.PathLike[str] | None = None,
     ) -> None:
         self.benchmark = benchmark
         self.out = Path(out)
+        self.raw = None if raw is None else Path(raw)
+        self.rewrite = False
         self.progress = progress
         self.records: list[TileRecord] = []
         self.written = 0
@@ -162,6 +196,11 @@ class PrepareRun:
 
     def _claim_output(self) -> None:
         marker = self.out / MARKER_FILE
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"{self.out}: --out names a file; give a folder (empty, or an earlier run of it)")
+        blocking = next((p for p in [self.out, *self.out.parents] if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise FileExistsError(f"{self.out}: {blocking} is a file, not a folder")
         if self.out.exists() and any(self.out.iterdir()):
             owner = marker.read_text().strip() if marker.is_file() else None
             if owner != self.benchmark:
@@ -172,18 +211,30 @@ class PrepareRun:
                 )
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(marker, f"{self.benchmark}\n".encode())
+        sweep_stale_tree(self.out)  # temporaries of a killed earlier run
 
     def _check_tile_options(self, options: dict[str, Any]) -> None:
-        """Record ``options`` in ``out``; refuse a run into a folder recorded with other values."""
+        """Record ``options`` in ``out``; refuse a run into a folder recorded with other values. With
+        ``raw`` given, the raw files' fingerprint is recorded too: when it changed (raw files corrected,
+        added or replaced) every tile is rewritten instead of skipped."""
         path = self.out / TILE_OPTIONS_FILE
         record = {"benchmark": self.benchmark, "options": json.loads(json.dumps(options))}
+        fingerprint = raw_fingerprint(self.raw, self.out) if self.raw is not None else None
+        stored = {**record, "raw_fingerprint": fingerprint} if fingerprint is not None else record
         if not path.is_file():
-            atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+            atomic_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
             return
         try:
             previous = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: unreadable record of the previous run's options ({error})") from error
+        old_fingerprint = previous.pop("raw_fingerprint", None) if isinstance(previous, dict) else None
+        if previous == record and fingerprint is not None and old_fingerprint != fingerprint:
+            self.rewrite = True  # the raw data changed since the tiles were written: none of them is kept
+            logger.warning("%s: the raw files changed since the tiles were written: every tile is rewritten",
+                           self.out)  # fmt: skip
+            atomic_write_bytes(path, (json.dumps(stored, indent=1) + "\n").encode())
+            return
         if previous != record:
             old, new = previous.get("options", {}), record["options"]
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -209,7 +260,7 @@ class PrepareRun:
         image_rel = f"{IMAGE_DIR}/{relative}.tif"
         label_rel = f"{LABEL_DIR}/{relative}.png"
         image_path, label_path = self.out / image_rel, self.out / label_rel
-        if image_path.is_file() and label_path.is_file():
+        if image_path.is_file() and label_path.is_file() and not self.rewrite:
             self.skipped += 1
         else:
             arrays = make()

@@ -545,7 +545,7 @@ def prepare_cross_sensor(
     if not targets:
         raise FileNotFoundError(f"{mega}: no C-megacities image of sensors {sensors_wanted}")
 
-    run = PrepareRun(BENCHMARK_CROSS_SENSOR, out, progress=progress, tile_options={
+    run = PrepareRun(BENCHMARK_CROSS_SENSOR, out, progress=progress, raw=raw, tile_options={
         "margins": list(margin_box), "source_labels": source_labels, "target_crop": int(target_crop), "tile": TILE,
     })  # fmt: skip
     for scene in scenes:
@@ -621,7 +621,7 @@ def prepare_cross_region(
     membership = {**{n: "source" for n in source}, **{n: "target" for n in target}}
     left_out = [n for n in names if n not in membership]
 
-    run = PrepareRun(BENCHMARK_CROSS_REGION, out, progress=progress, tile_options={
+    run = PrepareRun(BENCHMARK_CROSS_REGION, out, progress=progress, raw=raw, tile_options={
         "margins": list(margin_box), "source_labels": source_labels, "tile": TILE,
     })  # fmt: skip
     for scene in scenes:

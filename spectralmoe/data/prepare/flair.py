@@ -202,7 +202,7 @@ def prepare(
     palette = PALETTE + ([OTHER_COLOUR] if other_classes == "other" else [])
 
     # Both options change what a tile file holds (its label values, its band count).
-    run = PrepareRun(BENCHMARK, out, progress=progress,
+    run = PrepareRun(BENCHMARK, out, progress=progress, raw=raw,
                      tile_options={"other_classes": other_classes, "keep_elevation": keep_elevation})  # fmt: skip
     with tree:  # zip members are extracted one at a time into OUT/.raw-work, removed at the end
         for image, mask in pairs:

@@ -151,7 +151,7 @@ def prepare(
 
     tree = RawTree(raw, out)  # checks the raw folder before the output folder is claimed
     # No option changes what a tile file holds: scene, split and quarter are all in its name.
-    run = PrepareRun(BENCHMARK, out, progress=progress, tile_options={})
+    run = PrepareRun(BENCHMARK, out, progress=progress, raw=raw, tile_options={})
     sensor = get_sensor(SENSOR)
     with tree:
         # Pass 1: find every archive and pair every image with its mask before writing anything.

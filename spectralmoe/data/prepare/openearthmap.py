@@ -237,7 +237,7 @@ def prepare(
     tree = RawTree(raw, out)
     # tile_size decides what a tile file named <stem>_<row>_<col> holds; the other options only
     # decide which images are converted and how they are grouped.
-    run = PrepareRun(BENCHMARK, out, progress=progress, tile_options={"tile_size": tile_size})
+    run = PrepareRun(BENCHMARK, out, progress=progress, raw=raw, tile_options={"tile_size": tile_size})
     sensor = get_sensor(SENSOR)
     with tree:
         # Pass 1: index the download, read the lists, and decide every image before writing.

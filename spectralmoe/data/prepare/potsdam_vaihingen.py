@@ -224,7 +224,7 @@ def prepare(
     # which files exist); the imagery product and the label sets decide what a file holds.
     tile_options = dict(potsdam_product=potsdam_product, potsdam_labels=potsdam_labels,
                         vaihingen_labels=vaihingen_labels)  # fmt: skip
-    run = PrepareRun(BENCHMARK, out, progress=progress, tile_options=tile_options)
+    run = PrepareRun(BENCHMARK, out, progress=progress, raw=raw, tile_options=tile_options)
     with tree:
         # Pass 1: find and pair every scene of both datasets before writing anything.
         jobs: list[dict[str, Any]] = []

@@ -248,7 +248,7 @@ def prepare(
     sensor = get_sensor(SENSOR)
     # Tiles keep the stored pixels; only the label mapping changes what a tile file holds.
     merge = {str(i): int(v) for i, v in enumerate(table.lookup) if v >= 0}
-    run = PrepareRun(BENCHMARK, out, progress=progress,
+    run = PrepareRun(BENCHMARK, out, progress=progress, raw=raw,
                      tile_options={"label_encoding": label_encoding, "merge_lookup": merge})  # fmt: skip
     for item in items:
         if item.scene not in in_source and item.scene not in in_target:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectralmoe.errors import InputError, check_int, check_number
+
 from .base import Adapter
 from .common import QueryLink, join_prefix, split_prefix
 
@@ -316,6 +318,28 @@ class SpectralMoE(Adapter):
         record_routing: bool = False,
     ) -> None:
         super().__init__()
+        where = "SpectralMoE"
+        embed_dim = check_int("embed_dim", embed_dim, minimum=1, where=where)
+        num_layers = check_int("num_layers", num_layers, minimum=1, where=where)
+        num_experts = check_int("num_experts", num_experts, minimum=1, where=where)
+        token_length = check_int("token_length", token_length, minimum=2, where=where)
+        top_k = check_int("top_k", top_k, minimum=1, where=where)
+        query_dim = check_int("query_dim", query_dim, minimum=1, where=where)
+        num_prefix_tokens = check_int("num_prefix_tokens", num_prefix_tokens, minimum=0, where=where)
+        if depth_dim is not None:
+            depth_dim = check_int("depth_dim", depth_dim, minimum=1, where=where)
+        balance_coef = check_number("balance_coef", balance_coef, minimum=0.0, where=where)
+        scale_init = check_number("scale_init", scale_init, where=where)
+        noise_epsilon = check_number("noise_epsilon", noise_epsilon, positive=True, where=where)
+        for name, flag in (("noisy_gating", noisy_gating), ("use_depth", use_depth), ("record_routing", record_routing)):
+            if not isinstance(flag, bool):
+                raise InputError(f"{where}: {name} must be true or false, got {flag!r}")
+        if not isinstance(rank, (int, float)) or isinstance(rank, bool):
+            if isinstance(rank, str) or not isinstance(rank, Sequence):
+                raise InputError(f"{where}: rank must be a positive int or one positive int per expert, got {rank!r}")
+            rank = [check_int("rank", r, minimum=1, where=where) for r in rank]
+        else:
+            rank = check_int("rank", rank, minimum=1, where=where)
         if variant not in VARIANT_DEFAULTS:
             raise ValueError(f"variant must be one of {sorted(VARIANT_DEFAULTS)}, got {variant!r}")
         defaults = VARIANT_DEFAULTS[variant]
