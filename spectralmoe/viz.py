@@ -24,7 +24,6 @@ import colorsys
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from spectralmoe.files import temporary_sibling
 from spectralmoe.bands import (
     DEFAULT_RGB_TOLERANCE_UM,
     as_wavelength_list,
@@ -146,9 +146,7 @@ def add_legend(ax: Any, names: Sequence[str], palette: Palette, *, title: str | 
 def save_figure(fig: Any, path: PathLike, *, dpi: int = 100) -> Path:
     """Write a matplotlib figure as PNG via a temporary sibling file and a rename (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
+    tmp = temporary_sibling(path, suffix=".tmp.png")
     try:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)

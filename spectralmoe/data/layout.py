@@ -11,14 +11,13 @@ OUT/
 Image and label of one tile share ``<relative>`` (mmseg's pairing rule, DATA §0.1). Labels are
 already mapped (``reduce_zero_label``, colour tables, merges) so readers never re-map. Every file is
 written to a temporary name and renamed, so an interrupted run leaves only whole tiles behind and a
-rerun skips them (resumable).
+rerun skips them (resumable). Files follow the user's umask (``spectralmoe.files``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from spectralmoe.bands import Sensor
+from spectralmoe.files import atomic_write_bytes, temporary_sibling
 
 FORMAT = "spectralmoe-prepared/1"
 INDEX_FILE = "splits.json"
@@ -139,25 +139,8 @@ class PreparedIndex:
 
 
 # ----------------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _temporary_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    return Path(tmp)
+    return temporary_sibling(path, suffix=path.suffix)
 
 
 def write_image_tile(

@@ -23,7 +23,6 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import spectralmoe
+from spectralmoe.files import follow_umask, staging_folder
 from spectralmoe.models.factory import build_segmentor
 from spectralmoe.models.segmentor import Segmentor
 
@@ -155,11 +155,11 @@ def export_trainable(
     if folder.exists() and any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file():
         raise FileExistsError(f"{folder}: exists, is not empty and is not a spectralmoe export; choose another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    staging = staging_folder(folder)
     try:
-        os.chmod(staging, 0o755)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
         (staging / CONFIG_FILE).write_text(text + "\n")
+        follow_umask(staging)
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(folder, retired)
