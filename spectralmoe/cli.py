@@ -6,7 +6,7 @@
 YAML key and a ``--section.key`` flag, configs compose with repeated ``-c``, and
 ``--print_config`` shows the merged result. ``SpectralMoECLI`` adds what every run of this product
 needs: a ``ModelCheckpoint`` on the mean target mIoU (``checkpoint:``), the trainable-only export at
-the end of ``fit`` (``export:``), palette PNGs from ``predict`` (``predictions:``), CSV +
+the end of ``fit`` (``export:``), georeferenced class maps from ``predict`` (``predictions:``), CSV +
 TensorBoard loggers in one run folder (``run:``), seed 42 and a learning-rate monitor.
 """
 
@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 if TYPE_CHECKING:  # Lightning is imported only by the commands that train (see _trainer_classes)
     import lightning as L
@@ -30,7 +30,7 @@ _TRAINER_HELP = {
     "fit": "train a method on a task's source domain, validating per target domain",
     "validate": "evaluate a model on every target domain (metrics_val_*.json/.csv)",
     "test": "evaluate a model on every target domain (metrics_test.json/.csv)",
-    "predict": "write a class-map PNG for every target tile",
+    "predict": "write a georeferenced class-map GeoTIFF for every target tile",
 }
 
 
@@ -197,26 +197,31 @@ def _trainer_classes() -> dict[str, type]:
     if _TRAINER_CLASSES:
         return _TRAINER_CLASSES
     import lightning as L
-    import numpy as np
     from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_info
 
     class ClassMapWriter(BasePredictionWriter):
-        """Save each class map of ``predict`` as a palette PNG, so that ``spectralmoe predict`` leaves files a
-        person can open (scene-scale GeoTIFF output is a separate command).
+        """Save each class map of ``predict`` as a georeferenced GeoTIFF (or a palette PNG), so that
+        ``spectralmoe predict`` leaves files a GIS places correctly (whole scenes: ``predict-scene``).
 
-        Files go to ``<dirpath>/<tile path under the prepared root's image/ folder>.png``; the palette is the
-        model's (the task's class colours). Each rank writes the tiles it predicted.
+        Files go to ``<dirpath>/<tile path under the prepared root's image/ folder>.tif``: the tile's CRS
+        and transform, ``uint8`` class indices with 255 = nodata where the input tile had no data, the
+        palette as colour table, the class names in the ``CLASS_NAMES`` tag
+        (``spectralmoe.engine.class_maps``). Each rank writes the tiles it predicted.
 
         Args:
             dirpath: output folder (default: ``<run folder>/predictions``).
+            format: ``tif`` (georeferenced GeoTIFF) or ``png`` (palette PNG, no georeference, nodata transparent).
         """
 
-        def __init__(self, dirpath: str | None = None) -> None:
+        def __init__(self, dirpath: str | None = None, format: Literal["tif", "png"] = "tif") -> None:  # noqa: A002
             super().__init__(write_interval="batch")
+            if format not in ("tif", "png"):
+                raise ValueError(f"predictions.format must be 'tif' or 'png', got {format!r}")
             self.dirpath = dirpath
+            self.format = format
             self.folder: Path | None = None
             self.written: list[Path] = []
 
@@ -252,28 +257,18 @@ def _trainer_classes() -> dict[str, type]:
             batch_idx: int,
             dataloader_idx: int,
         ) -> None:
-            from PIL import Image
+            from spectralmoe.engine.class_maps import write_class_map
 
             assert self.folder is not None
             palette = getattr(pl_module.hparams, "palette", None)
-            flat = [int(c) for colour in (palette or []) for c in colour]
+            names = getattr(pl_module.hparams, "class_names", None)
             paths = prediction.get("path") or [None] * len(prediction["pred"])
             for path, pred in zip(paths, prediction["pred"]):
-                array = pred.numpy()
                 target = self.folder / self._relative(trainer, path)
-                target = target.with_name(target.name + ".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if array.dtype == np.uint8:
-                    image = Image.fromarray(array, mode="L")
-                    if flat:
-                        image = image.convert("P")
-                        image.putpalette(flat + [0] * (768 - len(flat)))
-                else:  # more than 256 classes: 16-bit grey
-                    image = Image.fromarray(array.astype(np.uint16))
-                tmp = target.with_name(f".{target.name}.tmp")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
-                self.written.append(target)
+                target = target.with_name(target.name + f".{self.format}")
+                written = write_class_map(target, pred.numpy(), palette=palette, class_names=names, source=path,
+                                          fmt=self.format)  # fmt: skip
+                self.written.append(written)
 
     class SpectralMoECLI(LightningCLI):
         """LightningCLI for ``SegmentationTask`` + ``DGDataModule`` with this product's defaults.
@@ -282,7 +277,7 @@ def _trainer_classes() -> dict[str, type]:
 
         * ``checkpoint:`` the ``ModelCheckpoint`` (best ``val/mean/mIoU`` + ``last.ckpt``);
         * ``export:`` ``ExportOnFitEnd`` (``model.safetensors`` + ``spectralmoe.json`` when fit ends);
-        * ``predictions:`` ``ClassMapWriter`` (palette PNGs from ``predict``);
+        * ``predictions:`` ``ClassMapWriter`` (georeferenced GeoTIFF class maps from ``predict``);
         * ``run:`` where the run folder goes: ``<run.root>/<run.name>/<run.version>``, default
           ``runs/<task>/<adapter>_<backbone>/version_N``.
 
@@ -368,16 +363,90 @@ def _trainer_classes() -> dict[str, type]:
                 version = _next_version(Path(root) / name)
             return root, name, version
 
+        def _parse_ckpt_path(self) -> None:
+            """With ``--ckpt_path``, the checkpoint decides the architecture and data facts, and the
+            ``--model.*`` values given here (eval_mode, eval_crop, band_wavelengths…) apply; a flag that
+            would change the architecture is refused (``engine.checkpoint_settings``). Lightning's own
+            version let the checkpoint overwrite every flag silently."""
+            import torch
+
+            from spectralmoe.engine.checkpoint_settings import merge_checkpoint_settings, task_defaults
+
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return
+            stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+            stored = {k: v for k, v in stored.items() if not k.startswith("_")}
+            if not stored:
+                return
+            model = self.config[subcommand].get("model")
+            given = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+            merged, applied = merge_checkpoint_settings(given, stored, task_defaults(self._model_class),
+                                                        checkpoint=str(ckpt_path))  # fmt: skip
+            self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
+            for note in applied:
+                rank_zero_info(f"spectralmoe {subcommand}: {ckpt_path}: applying {note}")
+
+        def before_instantiate_classes(self) -> None:
+            if self.subcommand == "fit":
+                self._task_schedule(self.config["fit"])
+
+        def _task_schedule(self, config: Any) -> None:
+            """The task's schedule (``max_iters``, ``val_interval``) unless the trainer is given one, and
+            a logging interval that suits the run's length."""
+            from spectralmoe.data.benchmarks import load_task
+
+            trainer = config.trainer
+            if trainer.get("fast_dev_run"):
+                return
+            task = load_task(config.data.task)
+            given = (trainer.get("max_steps") not in (None, -1) or trainer.get("max_epochs") is not None
+                     or trainer.get("max_time") is not None)  # fmt: skip
+            if not given:
+                trainer.max_steps = task.max_iters
+                rank_zero_info(f"spectralmoe fit: the schedule of task {task.name!r}: {task.max_iters} steps "
+                               "(--trainer.max_steps to change)")  # fmt: skip
+            steps = trainer.get("max_steps")
+            step_based = steps is not None and steps > 0 and trainer.get("max_epochs") is None
+            if step_based and trainer.get("val_check_interval") is None and trainer.get("check_val_every_n_epoch") == 1:
+                trainer.val_check_interval = min(task.val_interval, steps)
+                trainer.check_val_every_n_epoch = None
+                rank_zero_info(f"spectralmoe fit: validation every {trainer.val_check_interval} steps (task "
+                               f"{task.name!r}; --trainer.val_check_interval to change)")  # fmt: skip
+            if trainer.get("log_every_n_steps") is None and step_based:
+                trainer.log_every_n_steps = max(1, min(50, steps // 20))  # short runs log too
+
+        def _run_dir(self, root: str, name: str, version: int | str) -> Path:
+            return Path(root) / name / (f"version_{version}" if isinstance(version, int) else str(version))
+
         def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-            """Add the default loggers (CSV + TensorBoard in one run folder) when ``trainer.logger`` is null."""
+            """Add the default loggers (CSV + TensorBoard in one run folder) when ``trainer.logger`` is null,
+            the step progress bar, and a run folder for ``fast_dev_run`` too (Lightning drops its loggers)."""
+            from lightning.pytorch.callbacks import ProgressBar
+
+            from spectralmoe.engine.progress import StepProgressBar
+
             trainer_config = self._get(self.config_init, "trainer", default={})
+            fast_dev_run = bool(trainer_config.get("fast_dev_run"))
             if trainer_config.get("logger") is None and "logger" not in kwargs:
                 root, name, version = self._run_folder()
                 kwargs["logger"] = [
                     CSVLogger(root, name=name, version=version),
                     TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
                 ]
+                if fast_dev_run:  # every file of the run (config, metrics, export) goes to the run folder
+                    kwargs.setdefault("default_root_dir", str(self._run_dir(root, name, version)))
+            callbacks = list(kwargs.get("callbacks", trainer_config.get("callbacks")) or [])
+            if trainer_config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks
+            ):
+                kwargs["callbacks"] = [*callbacks, StepProgressBar()]
             trainer = super().instantiate_trainer(**kwargs)
+            if fast_dev_run:
+                trainer.loggers = []  # Lightning's stand-in logger has no folder: log_dir = default_root_dir
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
             return trainer
@@ -388,18 +457,65 @@ def _trainer_classes() -> dict[str, type]:
                 kwargs["return_predictions"] = False
             return self.trainer.predict(**kwargs)
 
+        def validate(self, **kwargs: Any) -> Any:
+            """``trainer.validate`` printing one table per target domain (``after_validate``), not Lightning's."""
+            kwargs["verbose"] = False
+            return self.trainer.validate(**kwargs)
+
+        def test(self, **kwargs: Any) -> Any:
+            """``trainer.test`` printing one table per target domain (``after_test``), not Lightning's."""
+            kwargs["verbose"] = False
+            return self.trainer.test(**kwargs)
+
+        def _folder(self) -> Path | None:
+            """The run folder (``trainer.log_dir`` is a collective: every rank calls this)."""
+            log_dir = self.trainer.log_dir
+            return Path(log_dir) if log_dir is not None else None
+
         def _report(self) -> None:
-            if self.trainer.is_global_zero and self.trainer.loggers:
-                rank_zero_info(f"spectralmoe {self.subcommand}: run folder {self.trainer.loggers[0].log_dir}")
+            folder = self._folder()
+            if self.trainer.is_global_zero:
+                rank_zero_info(f"spectralmoe {self.subcommand}: run folder {folder}")
 
         def after_fit(self) -> None:
-            self._report()
+            from spectralmoe.engine.summary import fit_summary
+
+            folder = self._folder()
+            if not self.trainer.is_global_zero:
+                return
+            checkpoint = self.trainer.checkpoint_callback
+            export = next((c for c in self.trainer.callbacks if type(c).__name__ == "ExportOnFitEnd"), None)
+            hp = self.model.hparams
+            options = [] if hp.get("pretrained", True) else ["--random-frozen"]
+            for flag, key in (("--backbone-weights", "backbone_weights"), ("--depth-weights", "depth_weights")):
+                if hp.get(key):
+                    options += [flag, str(hp[key])]
+            config_file = folder / "config.yaml" if folder is not None and (folder / "config.yaml").is_file() else None
+            rank_zero_info(fit_summary(
+                run_folder=folder, history=getattr(self.model, "val_history", []), steps=int(self.trainer.global_step),
+                best_checkpoint=getattr(checkpoint, "best_model_path", None) or None,
+                last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+                export=getattr(export, "last_path", None), config_file=config_file, predict_scene_options=options,
+            ))  # fmt: skip
+
+        def _eval_report(self, stage: str, stem: str) -> None:
+            from spectralmoe.engine.summary import eval_table
+
+            folder = self._folder()
+            report = getattr(self.model, "last_metrics", None)
+            if not self.trainer.is_global_zero or report is None:
+                self._report()
+                return
+            metrics = Path(self.model.hparams.get("metrics_dir") or folder or ".") / f"{stem}.json"
+            rank_zero_info(eval_table(report, f"spectralmoe {stage}: per target domain — {metrics}"))
+            rank_zero_info(f"spectralmoe {stage}: run folder {folder}")
 
         def after_validate(self) -> None:
-            self._report()
+            report = getattr(self.model, "last_metrics", None) or {}
+            self._eval_report("validate", f"metrics_val_epoch{report.get('epoch')}_step{report.get('step')}")
 
         def after_test(self) -> None:
-            self._report()
+            self._eval_report("test", "metrics_test")
 
         def after_predict(self) -> None:
             self._report()
