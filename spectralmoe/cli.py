@@ -113,7 +113,7 @@ def _add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "prepare",
-        help="convert a benchmark's raw download into tiles + splits.json",
+        help="convert a benchmark's raw download, or your own GeoTIFF folders (prepare folder), into tiles + splits.json",
         description="Read a benchmark as its owners distribute it (zips or unpacked folders), convert labels "
         "to class indices, tile, and write image/label tiles with a splits.json. Resumable: a rerun skips "
         "finished tiles. Refuses an output folder that holds another benchmark.",
@@ -132,6 +132,9 @@ def _add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
                 b.add_argument(flag, dest=option, type=kind, default=default,
                                help=f"{text} (default: {default})")  # fmt: skip
         b.set_defaults(func=_run_prepare, preparer=preparer)
+    from spectralmoe.data.prepare.folder import add_prepare_folder_parser
+
+    add_prepare_folder_parser(benchmarks)  # a team's own GeoTIFF folders
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -149,7 +152,8 @@ def _add_stats_parser(subparsers: argparse._SubParsersAction) -> None:
         "stats",
         help="per-band mean/std/min/max of a prepared benchmark or a folder of GeoTIFFs (streaming)",
         description="Per-band statistics over valid pixels (NaN/inf and nodata skipped), one tile at a time, "
-        "in the files' band order: the pixel_mean / pixel_std a new dataset needs.",
+        "in the files' band order (bands named by the files' descriptions, else band 1..N): the pixel_mean / "
+        "pixel_std a new dataset needs (`spectralmoe prepare folder` computes them for you).",
     )
     p.add_argument("--data", required=True, type=Path, help="prepared root (with splits.json) or a GeoTIFF folder")
     p.add_argument("--split", choices=["source", "target"], default=None, help="prepared roots: one split only")
@@ -170,6 +174,13 @@ def _run_stats(args: argparse.Namespace) -> int:
         used = {t.sensor for t in index.select(args.split)}
         if len(used) == 1:
             band_names = index.sensors[used.pop()].band_names
+    else:  # a folder of GeoTIFFs: the files' own band descriptions ("band N" where a file has none)
+        from spectralmoe.data.io import RASTERIO_SUFFIXES, read_band_info
+
+        files = [args.data] if args.data.is_file() else sorted(
+            p for p in args.data.rglob("*") if p.is_file() and p.suffix.lower() in RASTERIO_SUFFIXES)
+        if files:
+            band_names = read_band_info(files[0]).names()
     text, payload = format_stats(stats, band_names)
     print(json.dumps(payload, indent=2) if args.json else text)
     return 0
@@ -402,7 +413,15 @@ def _trainer_classes() -> dict[str, type]:
             trainer = config.trainer
             if trainer.get("fast_dev_run"):
                 return
-            task = load_task(config.data.task)
+            task_value = config.data.task
+            if hasattr(task_value, "as_dict"):  # jsonargparse read a complete task file into DGTask fields
+                from spectralmoe.data.benchmarks import DGTask
+
+                fields = task_value.as_dict()
+                path = fields.pop("__path__", None)
+                task = load_task(str(path)) if path else DGTask.from_dict(fields, source="--data.task")
+            else:
+                task = load_task(task_value)
             given = (trainer.get("max_steps") not in (None, -1) or trainer.get("max_epochs") is not None
                      or trainer.get("max_time") is not None)  # fmt: skip
             if not given:
@@ -447,6 +466,10 @@ def _trainer_classes() -> dict[str, type]:
             trainer = super().instantiate_trainer(**kwargs)
             if fast_dev_run:
                 trainer.loggers = []  # Lightning's stand-in logger has no folder: log_dir = default_root_dir
+                if self.save_config_callback:  # LightningCLI skips config.yaml under fast_dev_run: keep it
+                    config = self.config.get(str(self.subcommand), self.config)
+                    trainer.callbacks.append(self.save_config_callback(self._parser(self.subcommand), config,
+                                                                       **self.save_config_kwargs))  # fmt: skip
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
             return trainer
@@ -564,6 +587,7 @@ def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spectralmoe.compare import add_compare_parser
     from spectralmoe.demo import add_demo_parser
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
@@ -582,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_parser(subparsers)
     add_predict_scene_parser(subparsers)
     add_viz_parser(subparsers)
+    add_compare_parser(subparsers)
     add_demo_parser(subparsers)
     return parser
 

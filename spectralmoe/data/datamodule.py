@@ -464,9 +464,47 @@ class DGDataModule(L.LightningDataModule):
         self._match_sensor_bands()
 
     # -------------------------------------------------------------------------------- setup
+    @property
+    def source_tile_size(self) -> tuple[int, int] | None:
+        """(height, width) of the first source tile (header only), or ``None`` before the index exists."""
+        if not self.root.joinpath("splits.json").is_file():
+            return None
+        records = self._source_records()
+        if not records:
+            return None
+        from spectralmoe.data.io import raster_shape
+
+        _, height, width, _ = raster_shape(self.root / records[0].image)
+        return height, width
+
+    def _check_zoom(self) -> None:
+        """Warn when the training pipeline's zoom does not suit the tiles (the authors' scale sets assume
+        512-px tiles: 128-px tiles would be zoomed 2.4–4.8× before the crop)."""
+        from spectralmoe.data.transforms import PIPELINE_A_SCALES, PIPELINE_B_SCALES
+
+        task = self.task
+        scales = task.resize_scales or {"A": PIPELINE_A_SCALES, "B": PIPELINE_B_SCALES}.get(task.train_pipeline)
+        size = self.source_tile_size
+        if not scales or size is None:
+            return
+        short = min(size)
+        low, high = min(scales) / short, max(scales) / short
+        if low > 1.5 or high < 0.4:
+            import warnings
+
+            warnings.warn(
+                f"task {task.name!r}: training pipeline {task.train_pipeline} resizes the shortest edge of the "
+                f"{short}-px source tiles to {min(scales)}–{max(scales)} px ({low:.1f}–{high:.1f}× zoom) before "
+                f"cropping {task.crop_size} px — its scale set was made for 512-px tiles. Set `resize_scales` "
+                "(and `crop_size`) in the task file; `spectralmoe prepare folder` writes them for its tiles.",
+                stacklevel=3,
+            )
+
     def setup(self, stage: str | None = None) -> None:
         """Build the source training dataset and one evaluation dataset per target group."""
         self._check_index()
+        if stage in (None, "fit"):
+            self._check_zoom()
         task = self.task
         if self.train_dataset is None:
             source = PreparedDataset(

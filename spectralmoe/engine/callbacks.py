@@ -30,7 +30,24 @@ def _folder(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:
 
 
 def _context(trainer: L.Trainer) -> dict[str, Any]:
-    return {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
+    return {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step), **_training_facts(trainer)}
+
+
+def _training_facts(trainer: L.Trainer) -> dict[str, Any]:
+    """How the model was trained, for the export (``training``): task, tile crop and zoom, band order."""
+    dm = getattr(trainer, "datamodule", None)
+    task = getattr(dm, "task", None)
+    if task is None:
+        return {}
+    from spectralmoe.data.transforms import PIPELINE_A_SCALES, PIPELINE_B_SCALES
+
+    scales = task.resize_scales or {"A": PIPELINE_A_SCALES, "B": PIPELINE_B_SCALES}.get(task.train_pipeline)
+    return {"training": {
+        "task": task.name, "train_pipeline": task.train_pipeline, "crop_size": task.crop_size,
+        "resize_shortest_edge": list(scales) if scales else None, "batch_size": getattr(dm, "batch_size", None),
+        "source_domains": list(task.source_domains) if task.source_domains else None,
+        "band_matching": task.band_matching, "source_tile_size": getattr(dm, "source_tile_size", None),
+    }}  # fmt: skip
 
 
 class ExportOnFitEnd(Callback):
