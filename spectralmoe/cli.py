@@ -374,6 +374,24 @@ def _trainer_classes() -> dict[str, type]:
                 version = _next_version(Path(root) / name)
             return root, name, version
 
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            self._raw_args = args  # kept to tell given settings from defaults (_parse_ckpt_path)
+            super().parse_arguments(parser, args)
+
+        def _explicit_model_keys(self, subcommand: str) -> set[str] | None:
+            """``model:`` keys set on the command line or in a ``-c`` file (a parse without defaults)."""
+            args = getattr(self, "_raw_args", None)
+            if isinstance(args, dict) or hasattr(args, "as_dict"):
+                return None
+            try:
+                bare = self.parser.parse_args(args, defaults=False)
+            except SystemExit:
+                return None
+            model = (bare.get(subcommand) or {}).get("model") if bare.get(subcommand) is not None else None
+            if model is None:
+                return set()
+            return set(model.as_dict() if hasattr(model, "as_dict") else dict(model))
+
         def _parse_ckpt_path(self) -> None:
             """With ``--ckpt_path``, the checkpoint decides the architecture and data facts, and the
             ``--model.*`` values given here (eval_mode, eval_crop, band_wavelengths…) apply; a flag that
@@ -396,7 +414,8 @@ def _trainer_classes() -> dict[str, type]:
             model = self.config[subcommand].get("model")
             given = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
             merged, applied = merge_checkpoint_settings(given, stored, task_defaults(self._model_class),
-                                                        checkpoint=str(ckpt_path))  # fmt: skip
+                                                        checkpoint=str(ckpt_path),
+                                                        explicit=self._explicit_model_keys(subcommand))  # fmt: skip
             self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
             for note in applied:
                 rank_zero_info(f"spectralmoe {subcommand}: {ckpt_path}: applying {note}")

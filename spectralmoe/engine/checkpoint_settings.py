@@ -14,8 +14,10 @@ so ``test --ckpt_path X --model.eval_mode slide`` silently ran whole-tile infere
   ``band_wavelengths``; weight locations; optimiser settings of a resumed fit): a value given on
   the command line or in a config file wins; a value left at its default takes the checkpoint's.
 
-"Given" means: different from ``SegmentationTask``'s default (a value equal to the default cannot
-be told apart from no value and takes the checkpoint's).
+"Given" means: set on the command line or in a ``-c`` config file (the CLI parses the arguments a
+second time without defaults to know which). Without that record (a config passed as a Python dict),
+a value different from ``SegmentationTask``'s default counts as given. ``None`` never counts as a
+given architecture value (the data facts are ``None`` until the data fills them).
 """
 
 from __future__ import annotations
@@ -66,13 +68,16 @@ def task_defaults(task_class: Callable[..., Any]) -> dict[str, Any]:
 
 
 def merge_checkpoint_settings(
-    given: Mapping[str, Any], stored: Mapping[str, Any], defaults: Mapping[str, Any], *, checkpoint: str = "checkpoint"
+    given: Mapping[str, Any], stored: Mapping[str, Any], defaults: Mapping[str, Any], *, checkpoint: str = "checkpoint",
+    explicit: set[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The ``model:`` settings to run with, and a note per setting taken from the command line.
 
-    ``given``: this command's ``model:`` settings; ``stored``: the checkpoint's ``hyper_parameters``;
-    ``defaults``: the task class's constructor defaults. Raises ``CheckpointSettingError`` listing
-    every build setting given with another value than the checkpoint's."""
+    ``given``: this command's ``model:`` settings (defaults filled in); ``stored``: the checkpoint's
+    ``hyper_parameters``; ``defaults``: the task class's constructor defaults; ``explicit``: the keys set
+    on the command line or in a config file (``None``: unknown, then "differs from the default").
+    Raises ``CheckpointSettingError`` listing every build setting given with another value than the
+    checkpoint's."""
     merged: dict[str, Any] = {}
     conflicts: list[str] = []
     applied: list[str] = []
@@ -80,7 +85,10 @@ def merge_checkpoint_settings(
         if key not in defaults and key not in given:
             continue  # a stored key the task no longer has
         here, there = given.get(key, defaults.get(key)), stored.get(key, defaults.get(key))
-        is_given = key in given and not _same(here, defaults.get(key))
+        if explicit is not None:
+            is_given = key in explicit and key in given and not (key in BUILD_SETTINGS and here is None)
+        else:
+            is_given = key in given and not _same(here, defaults.get(key))
         if key in RUN_LOCAL_SETTINGS:
             merged[key] = here
         elif key in BUILD_SETTINGS:
