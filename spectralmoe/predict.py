@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from spectralmoe.bands import BAND_TOLERANCE_UM, BandMismatchError, get_sensor, load_sensor, match_bands
+from spectralmoe.bands import BAND_TOLERANCE_UM, BandMismatchError, load_sensor, match_bands
 from spectralmoe.files import temporary_sibling
 from spectralmoe.viz import CLASS_NAMES_TAG, NODATA_CLASS, default_palette, routing_palette, write_preview
 
@@ -238,6 +238,7 @@ class PredictionSummary:
     checkpoint: str
     height: int
     width: int
+    #: 0-based input bands fed to the model, in its order (``--json`` prints them 1-based as ``input_bands``)
     bands_used: list[int]
     tiles: int
     tiles_skipped: int
@@ -272,6 +273,8 @@ class PredictionSummary:
         data["tiles_per_second"] = round(self.tiles_per_second, 3)
         data["seconds"] = round(self.seconds, 3)
         data["tile_seconds"] = round(self.tile_seconds, 3)
+        # printed output counts bands from 1, as GDAL and GIS tools do (the attribute is a 0-based Python list)
+        data["input_bands"] = [b + 1 for b in data.pop("bands_used")]
         return _json_safe(data)
 
 

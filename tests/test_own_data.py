@@ -19,6 +19,7 @@ configs train one step each in their own test.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -274,7 +275,8 @@ def test_feeding_bands_by_position_is_the_negative_control(journey, tmp_path):
     assert torch.equal(inputs["siteB"], inputs["siteB-reordered"].flip(1))  # file order = reversed bands
 
 
-def test_ckpt_path_applies_eval_flags_and_refuses_architecture_changes(journey):
+def test_ckpt_path_applies_eval_flags_and_refuses_architecture_changes(journey, caplog, capfd):
+    caplog.set_level(logging.INFO)
     run, last = journey["fit"], journey["fit"] / "checkpoints" / "last.ckpt"
     config = run / "config.yaml"
     sizes = {}
@@ -288,6 +290,10 @@ def test_ckpt_path_applies_eval_flags_and_refuses_architecture_changes(journey):
         assert yaml.safe_load((tested / "config.yaml").read_text())["model"]["eval_mode"] == mode
         assert list(json.loads((tested / "metrics_test.json").read_text())["domains"]) == TARGETS
     assert sizes == {"whole": {(96, 96)}, "slide": {(64, 64)}}
+    logged = caplog.text
+    assert "applying --model.eval_mode 'slide' (the checkpoint had 'whole')" in logged
+    assert "spectralmoe test: per target domain" in logged and "  siteB-reordered  " in logged  # full names
+    assert "DataLoader 0" not in logged + "".join(capfd.readouterr())  # not Lightning's per-dataloader columns
     # the test of the final weights equals fit's last validation (same tiles, whole tiles)
     whole = json.loads((journey["runs"] / "whole" / "version_0" / "metrics_test.json").read_text())
     assert whole["confusion"] == json.loads((run / "metrics_val_epoch0_step2.json").read_text())["confusion"]
@@ -458,10 +464,22 @@ def test_synthetic_cpu_configs_train_on_a_prepared_folder(method_file, tmp_path)
     assert list(report["domains"]) == TARGETS and report["domains"]["siteB"] == report["domains"]["siteB-reordered"]
 
 
-def test_fast_dev_run_writes_into_a_run_folder(journey, tmp_path, monkeypatch, capfd):
+def test_fast_dev_run_writes_into_a_run_folder_with_the_step_bar_and_summary(journey, tmp_path, monkeypatch, capfd,
+                                                                             caplog):  # fmt: skip
+    caplog.set_level(logging.INFO)
     monkeypatch.chdir(tmp_path)
-    assert main(cli(journey, "fit", "dev", "--trainer.fast_dev_run", "true")) == 0
+    assert main(cli(journey, "fit", "dev", "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar",
+                    "true")) == 0  # fmt: skip
     assert list(tmp_path.iterdir()) == [], "fast_dev_run littered the working directory"
     run = journey["runs"] / "dev" / "version_0"
     assert (run / "config.yaml").is_file() and (run / "export" / "spectralmoe.json").is_file()
-    assert "run folder None" not in capfd.readouterr().err
+    assert list(run.glob("metrics_val_*.json"))
+    out, err = capfd.readouterr()
+    err += caplog.text
+    assert "run folder None" not in err and f"run folder {run}" in err
+    # the bar: optimiser steps of the whole run, head and balance losses apart; no "Epoch 0/-2"
+    assert "train step" in out and "1/1" in out and "head loss=" in out and "balance loss=" in out
+    assert "Epoch" not in out
+    # the fit summary: per-domain validation, files, next commands
+    assert "validation mIoU (%)" in err and "siteB-reordered" in err and "export (for predict-scene)" in err
+    assert "next:\n  spectralmoe test -c " in err and "spectralmoe predict-scene --checkpoint" in err

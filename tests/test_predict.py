@@ -377,6 +377,7 @@ def test_cli_parser_runs_predict_scene_with_a_progress_bar(export, scene, tmp_pa
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["output"] == str(tmp_path / "map.tif") and report["tiles"] == 30 and report["precision"] == "fp32"
+    assert report["input_bands"] == [1, 2, 3, 4]  # printed band numbers count from 1, as GDAL does
     assert "30/30" in captured.err  # the tqdm bar over tiles
     assert (tmp_path / "map.tif").is_file() and (tmp_path / "map.png").is_file()
     with pytest.raises(SystemExit):  # --sensor and --wavelengths exclude each other

@@ -405,6 +405,21 @@ class DGDataModule(L.LightningDataModule):
                 orders[name] = match_bands(model, sensor.num_bands, sensor=sensor, where=where)
         self.band_orders.clear()
         self.band_orders.update(orders)
+        first = index.sensors.get(task.source_sensors[0])
+        scales = {name: index.sensors[name].value_scale for name in domains}
+        odd = {name: scale for name, scale in scales.items() if first is not None and scale != first.value_scale}
+        if odd and odd != getattr(self, "_warned_scales", None):
+            import warnings
+
+            self._warned_scales = odd
+            details = ", ".join(f"{name!r} ({', '.join(domains[name])}): {scale:g}" for name, scale in odd.items())
+            warnings.warn(
+                f"{self.root / 'splits.json'}: sensors whose value scale (raw value of full brightness) differs from "
+                f"the model's source sensor {first.name!r} ({first.value_scale:g}): {details}. Their raw values are "
+                "fed unchanged, as the paper's protocol does: a different bit depth makes them look darker or "
+                "brighter than anything seen in training.",
+                stacklevel=3,
+            )
 
     @property
     def target_domains(self) -> list[str]:

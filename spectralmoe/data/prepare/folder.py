@@ -26,7 +26,7 @@ What it does, in this order:
    ``label/<domain>/<rel>.png`` (uint8 class indices, 255 = ignore, offset applied),
    ``splits.json``, ``stats.json``, ``task.yaml`` (a ``DGTask``: classes, palette, source sensor,
    mean/std, value scale, training pipeline with crop and zoom scaled to the tile size, schedule of
-   ``epochs`` epochs, one validation per epoch) and ``fit.yaml`` (the ``data:`` section for
+   ``epochs`` epochs, a validation every epoch but at most ten per run) and ``fit.yaml`` (the ``data:`` section for
    ``spectralmoe fit -c out/fit.yaml -c configs/methods/<method>.yaml``).
 
 Value scale (the raw value of full brightness, used by the photometric augmentation's clipping
@@ -355,6 +355,12 @@ def prepare_folder(
         if not images:
             raise ValueError(f"domain {spec.name!r}: no .tif/.tiff images in {spec.images} (searched recursively)")
         found = [_Tile(p, _pair(spec, p), p.relative_to(spec.images).with_suffix("").as_posix()) for p in images]
+        stems: dict[str, Path] = {}
+        for tile in found:
+            if tile.relative in stems:
+                raise ValueError(f"domain {spec.name!r}: {stems[tile.relative]} and {tile.image} share one stem (and "
+                                 "so one label); rename one of them")  # fmt: skip
+            stems[tile.relative] = tile.image
         for k, tile in enumerate(found):
             _check_pair(spec, tile)
             if progress and (k + 1) % 200 == 0:
@@ -437,6 +443,11 @@ def prepare_folder(
         sensors[first.name] = replace(sensors[first.name], value_scale=_value_scale(tiles[first.name][0].dtype, dtype_max))
     value_scale = sensors[first.name].value_scale
     for spec in domains:
+        scale = sensors[spec.name].value_scale
+        if spec.sensor is not None and scale != value_scale:
+            notes.append(f"domain {spec.name!r}: value scale {scale:g} but the source's is {value_scale:g}: its raw "
+                         "values are fed unchanged (a different bit depth looks darker or brighter to the model)")
+    for spec in domains:
         # other domains without a sensor record: the model's scale (they are fed raw values either way)
         if spec is not first and spec.sensor is None and spec.value_scale is None and tiles[spec.name][0].dtype != "uint8":
             sensors[spec.name] = replace(sensors[spec.name], value_scale=value_scale)
@@ -455,7 +466,7 @@ def prepare_folder(
         source_sensors=tuple(dict.fromkeys(sensors[d.name].name for d in sources)),
         mean=tuple(round(v, 4) for v in stats.mean), std=tuple(round(max(v, 1e-6), 4) for v in stats.std),
         value_scale=float(value_scale), train_pipeline=pipeline, max_iters=iterations,
-        val_interval=min(steps_per_epoch, iterations), crop_size=crop, batch_size=batch_size, devices=1,
+        val_interval=min(iterations, max(steps_per_epoch, math.ceil(iterations / 10))), crop_size=crop, batch_size=batch_size, devices=1,
         eval_batch_size=batch_size, source_domains=tuple(d.name for d in sources), target_domains=None,
         target_group_by="domain", band_matching="wavelength", resize_scales=scales,
         notes=f"prepared by `spectralmoe prepare folder`: sources {[d.name for d in sources]}, tiles of "
