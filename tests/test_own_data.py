@@ -483,3 +483,29 @@ def test_fast_dev_run_writes_into_a_run_folder_with_the_step_bar_and_summary(jou
     # the fit summary: per-domain validation, files, next commands
     assert "validation mIoU (%)" in err and "siteB-reordered" in err and "export (for predict-scene)" in err
     assert "next:\n  spectralmoe test -c " in err and "spectralmoe predict-scene --checkpoint" in err
+
+
+def test_domains_file_and_a_user_sensor_file_give_the_same_preparation(raw, tmp_path):
+    """The same three domains from a ``--domains`` YAML, site B described by a sensor YAML file instead of
+    ``--wavelengths``: the same band orders and tiles (relative paths in the file are the file's folder's)."""
+    (raw / "sensor-b.yaml").write_text("name: sensor-b\nband_names: [NIR, R, G, B]\nwavelengths_um: [0.83, 0.665, "
+                                       "0.56, 0.49]\nvalue_scale: 255\ngsd_m: 3.0\n")  # fmt: skip
+    (raw / "domains.yaml").write_text(yaml.safe_dump({
+        "classes": "classes.txt", "label_offset": 1, "holdout": 0.2, "batch_size": 2, "max_iters": 2,
+        "domains": [{"name": "siteA", "images": "siteA/images", "labels": "siteA/labels"},
+                    {"name": "siteB", "images": "siteB/images", "labels": "siteB/labels", "sensor": "sensor-b.yaml"},
+                    {"name": "siteB-reordered", "images": "siteB-reordered/images",
+                     "labels": "siteB-reordered/labels"}],
+    }))  # fmt: skip
+    assert main(["prepare", "folder", "--domains", str(raw / "domains.yaml"), "--out", str(tmp_path / "a"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(prepare_args(raw, tmp_path / "b")) == 0
+    a, b = PreparedIndex.load(tmp_path / "a"), PreparedIndex.load(tmp_path / "b")
+    for name in ("siteA", "siteB", "siteB-reordered"):
+        assert (a.options["domains"][name]["model_bands_from_file_bands"]
+                == b.options["domains"][name]["model_bands_from_file_bands"])  # fmt: skip
+    assert a.sensors["sensor-b"].gsd_m == 3.0 and a.options["domains"]["siteB"]["bands_from"].startswith("sensor")
+    assert [t.image for t in a.tiles] == [t.image for t in b.tiles]
+    (raw / "bad.yaml").write_text(yaml.safe_dump({"domains": [{"name": "x", "images": "../up", "labels": "l"}]}))
+    assert main(["prepare", "folder", "--domains", str(raw / "bad.yaml"), "--out", str(tmp_path / "c")]) == 2
+    assert "leaves the file's folder" in _CAPTURED.readouterr().err
