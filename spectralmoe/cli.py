@@ -207,7 +207,7 @@ def _trainer_classes() -> dict[str, type]:
     if _TRAINER_CLASSES:
         return _TRAINER_CLASSES
     import lightning as L
-    from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_info
@@ -329,9 +329,10 @@ def _trainer_classes() -> dict[str, type]:
             return {self.only_subcommand: every[self.only_subcommand]}
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            from spectralmoe.engine.callbacks import ExportOnFitEnd
+            from spectralmoe.engine.callbacks import ExportOnFitEnd, LastCheckpoint
 
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            # last.ckpt = the latest weights (Lightning's own keeps it at the last top-k save)
+            parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
                     "checkpoint.monitor": "val/mean/mIoU",

@@ -509,3 +509,19 @@ def test_domains_file_and_a_user_sensor_file_give_the_same_preparation(raw, tmp_
     (raw / "bad.yaml").write_text(yaml.safe_dump({"domains": [{"name": "x", "images": "../up", "labels": "l"}]}))
     assert main(["prepare", "folder", "--domains", str(raw / "bad.yaml"), "--out", str(tmp_path / "c")]) == 2
     assert "leaves the file's folder" in _CAPTURED.readouterr().err
+
+
+def test_last_ckpt_holds_the_last_weights_when_the_best_came_earlier(journey, tmp_path):
+    """Monitoring ``step`` in mode ``min`` makes the first validation the best forever: ``last.ckpt`` must still
+    follow the run to its last step. Lightning's own ``ModelCheckpoint`` (the negative control, added next
+    to ours) leaves its ``last.ckpt`` at the best step."""
+    plain = tmp_path / "lightning"
+    assert main(cli(journey, "fit", "last", "--trainer.max_steps", "3", "--trainer.val_check_interval", "1",
+                    "--trainer.check_val_every_n_epoch", "null", "--checkpoint.monitor", "step", "--checkpoint.mode", "min",
+                    "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                    f"--trainer.callbacks.dirpath={plain}", "--trainer.callbacks.monitor=step",
+                    "--trainer.callbacks.mode=min", "--trainer.callbacks.save_last=true")) == 0  # fmt: skip
+    ours = journey["runs"] / "last" / "version_0" / "checkpoints"
+    step = {p.name: torch.load(p, weights_only=True, map_location="cpu")["global_step"] for p in ours.iterdir()}
+    assert step.pop("last.ckpt") == 3 and list(step.values()) == [1]
+    assert torch.load(plain / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 1  # the trap
