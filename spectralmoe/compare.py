@@ -163,7 +163,7 @@ def _figure(runs: Sequence[RunResult], tiles: Sequence[str], path: Path) -> Path
             data = read_image(root / record.image)  # type: ignore[operator]
             waves = index.sensors[record.sensor].wavelengths_um  # type: ignore[union-attr]
             rgba, label = composite(data.array, waves, nodata=data.nodata)
-            _show(image_ax, rgba, f"{stem}\n{label}")
+            _show(image_ax, rgba, f"{record.domain}: {Path(stem).name}\n{label}")
             truth = read_label(root / record.label)  # type: ignore[operator]
             _show(truth_ax, colorize(truth, palette), "ground truth")
         else:

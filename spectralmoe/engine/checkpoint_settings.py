@@ -16,8 +16,9 @@ so ``test --ckpt_path X --model.eval_mode slide`` silently ran whole-tile infere
 
 "Given" means: set on the command line or in a ``-c`` config file (the CLI parses the arguments a
 second time without defaults to know which). Without that record (a config passed as a Python dict),
-a value different from ``SegmentationTask``'s default counts as given. ``None`` never counts as a
-given architecture value (the data facts are ``None`` until the data fills them).
+a value different from ``SegmentationTask``'s default counts as given. An explicit ``None`` never
+counts as given for an architecture setting or a setting whose default is ``None`` (the data facts
+are ``None`` until the data fills them, and a run's ``config.yaml`` lists every key).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def merge_checkpoint_settings(
             continue  # a stored key the task no longer has
         here, there = given.get(key, defaults.get(key)), stored.get(key, defaults.get(key))
         if explicit is not None:
-            is_given = key in explicit and key in given and not (key in BUILD_SETTINGS and here is None)
+            # an explicit null of a setting whose default is null means "unset" (a run's config.yaml lists all)
+            unset = here is None and (key in BUILD_SETTINGS or defaults.get(key) is None)
+            is_given = key in explicit and key in given and not unset
         else:
             is_given = key in given and not _same(here, defaults.get(key))
         if key in RUN_LOCAL_SETTINGS:

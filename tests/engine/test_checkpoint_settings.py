@@ -15,7 +15,7 @@ from spectralmoe.engine.task import SegmentationTask
 DEFAULTS = task_defaults(SegmentationTask)
 STORED = {**DEFAULTS, "backbone": "tiny-dinov3", "adapter_options": {"rank": 4}, "num_classes": 3,
           "wavelengths": [0.49, 0.56, 0.665, 0.83], "eval_mode": "slide", "eval_crop": 256,
-          "metrics_dir": "/old/run", "lr": 1e-3, "betas": [0.9, 0.999]}  # fmt: skip
+          "metrics_dir": "/old/run", "lr": 1e-3, "betas": [0.9, 0.999], "palette": [[1, 2, 3]] * 3}  # fmt: skip
 
 
 def test_not_given_takes_the_checkpoint_given_evaluation_flags_apply():
@@ -48,9 +48,11 @@ def test_explicit_keys_decide_what_was_given():
     """With the record of what the command line and config files set, a value equal to the default still
     counts (``--model.eval_mode whole`` tests whole tiles a slide-trained model), and an architecture
     flag equal to the default that contradicts the checkpoint is refused; ``None`` data facts are not given."""
-    given = {**DEFAULTS, "eval_mode": "whole"}
-    merged, applied = merge_checkpoint_settings(given, STORED, DEFAULTS, explicit={"eval_mode", "num_classes"})
+    given = {**DEFAULTS, "eval_mode": "whole", "palette": None}
+    merged, applied = merge_checkpoint_settings(given, STORED, DEFAULTS,
+                                                explicit={"eval_mode", "num_classes", "palette"})  # fmt: skip
     assert merged["eval_mode"] == "whole" and merged["eval_crop"] == 256 and merged["num_classes"] == 3
+    assert merged["palette"] == STORED["palette"]  # an explicit null (config.yaml) is "unset", not applied
     assert applied == ["--model.eval_mode 'whole' (the checkpoint had 'slide')"]
     with pytest.raises(CheckpointSettingError, match=r"--model.backbone: .*'tiny-dinov3', not 'dinov3-vitl16'"):
         merge_checkpoint_settings(dict(DEFAULTS), STORED, DEFAULTS, explicit={"backbone"})

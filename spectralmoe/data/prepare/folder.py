@@ -443,14 +443,15 @@ def prepare_folder(
         sensors[first.name] = replace(sensors[first.name], value_scale=_value_scale(tiles[first.name][0].dtype, dtype_max))
     value_scale = sensors[first.name].value_scale
     for spec in domains:
-        scale = sensors[spec.name].value_scale
-        if spec.sensor is not None and scale != value_scale:
-            notes.append(f"domain {spec.name!r}: value scale {scale:g} but the source's is {value_scale:g}: its raw "
-                         "values are fed unchanged (a different bit depth looks darker or brighter to the model)")
-    for spec in domains:
         # other domains without a sensor record: the model's scale (they are fed raw values either way)
         if spec is not first and spec.sensor is None and spec.value_scale is None and tiles[spec.name][0].dtype != "uint8":
             sensors[spec.name] = replace(sensors[spec.name], value_scale=value_scale)
+    for spec in domains:
+        scale = sensors[spec.name].value_scale
+        if scale != value_scale:
+            notes.append(f"domain {spec.name!r}: value scale {scale:g} ({tiles[spec.name][0].dtype}) but the source's "
+                         f"is {value_scale:g}: its raw values are fed unchanged (a different bit depth looks darker or "
+                         "brighter to the model)")  # fmt: skip
 
     # ---- training facts scaled to the tiles
     tile_size = min(min(t.height, t.width) for t in train_tiles)
@@ -466,7 +467,8 @@ def prepare_folder(
         source_sensors=tuple(dict.fromkeys(sensors[d.name].name for d in sources)),
         mean=tuple(round(v, 4) for v in stats.mean), std=tuple(round(max(v, 1e-6), 4) for v in stats.std),
         value_scale=float(value_scale), train_pipeline=pipeline, max_iters=iterations,
-        val_interval=min(iterations, max(steps_per_epoch, math.ceil(iterations / 10))), crop_size=crop, batch_size=batch_size, devices=1,
+        val_interval=min(iterations, max(steps_per_epoch, math.ceil(iterations / 10))), crop_size=crop,
+        batch_size=batch_size, devices=1,
         eval_batch_size=batch_size, source_domains=tuple(d.name for d in sources), target_domains=None,
         target_group_by="domain", band_matching="wavelength", resize_scales=scales,
         notes=f"prepared by `spectralmoe prepare folder`: sources {[d.name for d in sources]}, tiles of "
