@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from spectralmoe.errors import InputError
+
 # Target centre wavelengths (µm) of the colour bands the RGB-pretrained models were trained on.
 RED_UM, GREEN_UM, BLUE_UM = 0.665, 0.560, 0.490
 RGB_TARGETS_UM: tuple[float, float, float] = (RED_UM, GREEN_UM, BLUE_UM)
@@ -352,3 +354,149 @@ def rgb_band_indices(
             )
         picked.append(index)
     return picked[0], picked[1], picked[2]
+
+
+# ------------------------------------------------------------------------------ matching by wavelength
+#: How far (µm) an input band's centre wavelength may be from a model band's to stand in for it.
+BAND_TOLERANCE_UM = DEFAULT_RGB_TOLERANCE_UM
+
+
+class BandMismatchError(InputError):
+    """The input's bands cannot be matched to the bands the model was trained on."""
+
+
+def band_label(index: int, wavelength: float, name: str | None = None) -> str:
+    """How every message names a band: 1-based, as GDAL and GIS tools count (``band 2 (R, 0.665 µm)``)."""
+    wave = "no wavelength" if math.isnan(wavelength) else f"{wavelength:.3f} µm"
+    return f"band {index + 1} ({name}, {wave})" if name else f"band {index + 1} ({wave})"
+
+
+def match_bands(
+    model_wavelengths: Sequence[float] | torch.Tensor,
+    input_count: int,
+    *,
+    sensor: str | os.PathLike[str] | Sensor | None = None,
+    wavelengths: Sequence[float] | torch.Tensor | None = None,
+    tolerance_um: float = BAND_TOLERANCE_UM,
+    where: str = "input",
+) -> list[int]:
+    """0-based input bands to feed the model, in the model's band order — the one rule every path
+    uses (training, validation, test, ``predict``, ``predict-scene``) to turn a file's bands into the
+    model's.
+
+    Without ``sensor``/``wavelengths`` the input must have exactly the model's band count (taken in
+    file order). With them (``sensor``: a built-in name, a sensor YAML file or a ``Sensor``), each
+    model band takes the input band nearest in wavelength, within ``tolerance_um``; non-spectral
+    bands (wavelength ``nan``, e.g. elevation) pair up in order; extra input bands are ignored. An
+    input band may feed one model band only. Raises ``BandMismatchError`` naming ``where``, the
+    band and its wavelength (bands are counted from 1 in messages)."""
+    model = as_wavelength_list(model_wavelengths)
+    if sensor is not None and wavelengths is not None:
+        raise ValueError("describe the input with either a sensor or wavelengths, not both")
+    if sensor is None and wavelengths is None:
+        if input_count != len(model):
+            raise BandMismatchError(
+                f"{where} has {input_count} band(s) but the model was trained on {len(model)} "
+                f"(wavelengths {model} µm); pass --sensor/--wavelengths to select or reorder bands by wavelength"
+            )
+        return list(range(input_count))
+    names: Sequence[str] | None = None
+    if sensor is not None:
+        record = sensor if isinstance(sensor, Sensor) else load_sensor(sensor)
+        source, given, names = f"sensor {record.name!r}", list(record.wavelengths_um), record.band_names
+    else:
+        source, given = "the given wavelengths", as_wavelength_list(wavelengths or [])
+    if len(given) != input_count:
+        raise BandMismatchError(f"{where} has {input_count} band(s) but {source} describes {len(given)}: {given} µm")
+
+    def label(i: int) -> str:
+        return band_label(i, given[i], names[i] if names is not None else None)
+
+    spectral = [(i, w) for i, w in enumerate(given) if not math.isnan(w)]
+    other = [i for i, w in enumerate(given) if math.isnan(w)]
+    chosen: list[int] = []
+    for j, target in enumerate(model):
+        if math.isnan(target):
+            rank = sum(math.isnan(w) for w in model[:j])
+            if rank >= len(other):
+                raise BandMismatchError(
+                    f"{where}: model band {j + 1} is non-spectral (no wavelength) and {source} has no such band left"
+                )
+            chosen.append(other[rank])
+            continue
+        if not spectral:
+            raise BandMismatchError(f"{where}: {source} has no spectral band for model band {j + 1} at {target:.3f} µm")
+        index, wave = min(spectral, key=lambda iw: (wavelength_distance(iw[1], target), iw[0]))
+        if abs(wave - target) > tolerance_um:
+            raise BandMismatchError(
+                f"{where}: model band {j + 1} ({target:.3f} µm) is missing — the nearest input band is "
+                f"{label(index)}, {abs(wave - target) * 1000:.0f} nm away (tolerance {tolerance_um * 1000:.0f} nm; "
+                f"input {source}: {given} µm)"
+            )
+        chosen.append(index)
+    repeated = sorted({i for i in chosen if chosen.count(i) > 1})
+    if repeated:
+        feeds = {label(i): [j + 1 for j, c in enumerate(chosen) if c == i] for i in repeated}
+        raise BandMismatchError(
+            f"{where}: input {', '.join(feeds)} would each feed several model bands {list(feeds.values())} "
+            f"(model {model} µm, input {given} µm); the input lacks distinct bands for them"
+        )
+    return chosen
+
+
+# --------------------------------------------------------------------------- band names → wavelength
+#: Centre wavelength (µm) of the band names GeoTIFF band descriptions commonly carry. Keys are
+#: lower-case with spaces, "-" and "_" removed. Colour names map to the targets the RGB-pretrained
+#: models are fed (``RGB_TARGETS_UM``); broad names (red edge, SWIR) to a typical sensor's centre.
+#: Bare numbered names ("B1", "band3") are deliberately absent: their meaning depends on the sensor
+#: (Sentinel-2 B2 is blue, GF-2 B2 green, our own records name unknown bands B1..Bn).
+BAND_NAME_WAVELENGTHS_UM: dict[str, float] = {
+    **dict.fromkeys(("b", "blue", "bleu"), BLUE_UM),
+    **dict.fromkeys(("g", "green", "vert"), GREEN_UM),
+    **dict.fromkeys(("r", "red", "rouge"), RED_UM),
+    **dict.fromkeys(("n", "nir", "nearinfrared", "nearir", "infrared", "pir", "nir1", "nir08"), 0.830),
+    **dict.fromkeys(("coastal", "coastalaerosol", "coastalblue", "ultrablue"), 0.443),
+    **dict.fromkeys(("yellow",), 0.610),
+    **dict.fromkeys(("rededge", "re", "rededge1"), 0.710),
+    **dict.fromkeys(("swir1", "swir16"), 1.610),
+    **dict.fromkeys(("swir2", "swir22"), 2.200),
+    # Sentinel-2 in its zero-padded spelling (B01..B12, B8A): SENTINEL2_BANDS.
+    **{f"b{b.name[1:].zfill(2).lower()}": b.centre_um for b in SENTINEL2_BANDS},
+}
+
+_WAVELENGTH_IN_TEXT = None  # compiled on first use
+
+
+def wavelength_from_band_name(text: str | None) -> float | None:
+    """Centre wavelength (µm) a band description names, or ``None``: a known name
+    (``BAND_NAME_WAVELENGTHS_UM``: "Blue", "NIR", "B08", "Red edge"…) or an explicit wavelength
+    ("Band 1 (490 nm)", "0.665um", "842 nm")."""
+    global _WAVELENGTH_IN_TEXT
+    if not text or not text.strip():
+        return None
+    key = "".join(ch for ch in text.lower() if ch not in " -_")
+    if key in BAND_NAME_WAVELENGTHS_UM:
+        return BAND_NAME_WAVELENGTHS_UM[key]
+    if _WAVELENGTH_IN_TEXT is None:
+        import re
+
+        _WAVELENGTH_IN_TEXT = re.compile(
+            r"(\d+(?:\.\d+)?)\s*(nm|nanometers?|nanometres?|µm|μm|um|micrometers?|micrometres?|microns?)\b", re.I
+        )
+    found = _WAVELENGTH_IN_TEXT.search(text)
+    if found:
+        value = float(found.group(1))
+        value = value / 1000.0 if found.group(2).lower().startswith("n") else value
+        return value if 0.0 < value < 100.0 else None
+    return None
+
+
+def wavelengths_from_band_names(names: Sequence[str | None]) -> tuple[float, ...] | None:
+    """The wavelengths of every band when EVERY name is recognised (``wavelength_from_band_name``)
+    and no two bands get the same one; else ``None`` — a partial reading would be a guess."""
+    waves = [wavelength_from_band_name(n) for n in names]
+    if not waves or any(w is None for w in waves):
+        return None
+    if len(set(waves)) != len(waves):
+        return None
+    return tuple(float(w) for w in waves)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@
 YAML key and a ``--section.key`` flag, configs compose with repeated ``-c``, and
 ``--print_config`` shows the merged result. ``SpectralMoECLI`` adds what every run of this product
 needs: a ``ModelCheckpoint`` on the mean target mIoU (``checkpoint:``), the trainable-only export at
-the end of ``fit`` (``export:``), palette PNGs from ``predict`` (``predictions:``), CSV +
+the end of ``fit`` (``export:``), georeferenced class maps from ``predict`` (``predictions:``), CSV +
 TensorBoard loggers in one run folder (``run:``), seed 42 and a learning-rate monitor.
 """
 
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Sequence
 
 from spectralmoe.errors import (
     EXIT_INPUT,
@@ -45,7 +44,7 @@ _TRAINER_HELP = {
     "fit": "train a method on a task's source domain, validating per target domain",
     "validate": "evaluate a model on every target domain (metrics_val_*.json/.csv)",
     "test": "evaluate a model on every target domain (metrics_test.json/.csv)",
-    "predict": "write a class-map PNG for every target tile",
+    "predict": "write a georeferenced class-map GeoTIFF for every target tile",
 }
 
 
@@ -149,7 +148,7 @@ def _add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "prepare",
-        help="convert a benchmark's raw download into tiles + splits.json",
+        help="convert a benchmark's raw download, or your own GeoTIFF folders (prepare folder), into tiles + splits.json",
         description="Read a benchmark as its owners distribute it (zips or unpacked folders), convert labels "
         "to class indices, tile, and write image/label tiles with a splits.json. Resumable: a rerun skips "
         "finished tiles. Refuses an output folder that holds another benchmark.",
@@ -168,6 +167,9 @@ def _add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
                 b.add_argument(flag, dest=option, type=kind, default=default,
                                help=f"{text} (default: {default})")  # fmt: skip
         b.set_defaults(func=_run_prepare, preparer=preparer)
+    from spectralmoe.data.prepare.folder import add_prepare_folder_parser
+
+    add_prepare_folder_parser(benchmarks)  # a team's own GeoTIFF folders
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -185,7 +187,8 @@ def _add_stats_parser(subparsers: argparse._SubParsersAction) -> None:
         "stats",
         help="per-band mean/std/min/max of a prepared benchmark or a folder of GeoTIFFs (streaming)",
         description="Per-band statistics over valid pixels (NaN/inf and nodata skipped), one tile at a time, "
-        "in the files' band order: the pixel_mean / pixel_std a new dataset needs.",
+        "in the files' band order (bands named by the files' descriptions, else band 1..N): the pixel_mean / "
+        "pixel_std a new dataset needs (`spectralmoe prepare folder` computes them for you).",
     )
     p.add_argument("--data", required=True, type=Path, help="prepared root (with splits.json) or a GeoTIFF folder")
     p.add_argument("--split", choices=["source", "target"], default=None, help="prepared roots: one split only")
@@ -206,6 +209,13 @@ def _run_stats(args: argparse.Namespace) -> int:
         used = {t.sensor for t in index.select(args.split)}
         if len(used) == 1:
             band_names = index.sensors[used.pop()].band_names
+    else:  # a folder of GeoTIFFs: the files' own band descriptions ("band N" where a file has none)
+        from spectralmoe.data.io import RASTERIO_SUFFIXES, read_band_info
+
+        files = [args.data] if args.data.is_file() else sorted(
+            p for p in args.data.rglob("*") if p.is_file() and p.suffix.lower() in RASTERIO_SUFFIXES)
+        if files:
+            band_names = read_band_info(files[0]).names()
     text, payload = format_stats(stats, band_names)
     print(json.dumps(payload, indent=2) if args.json else text)
     return 0
@@ -233,26 +243,31 @@ def _trainer_classes() -> dict[str, type]:
     if _TRAINER_CLASSES:
         return _TRAINER_CLASSES
     import lightning as L
-    import numpy as np
-    from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_info
 
     class ClassMapWriter(BasePredictionWriter):
-        """Save each class map of ``predict`` as a palette PNG, so that ``spectralmoe predict`` leaves files a
-        person can open (scene-scale GeoTIFF output is a separate command).
+        """Save each class map of ``predict`` as a georeferenced GeoTIFF (or a palette PNG), so that
+        ``spectralmoe predict`` leaves files a GIS places correctly (whole scenes: ``predict-scene``).
 
-        Files go to ``<dirpath>/<tile path under the prepared root's image/ folder>.png``; the palette is the
-        model's (the task's class colours). Each rank writes the tiles it predicted.
+        Files go to ``<dirpath>/<tile path under the prepared root's image/ folder>.tif``: the tile's CRS
+        and transform, ``uint8`` class indices with 255 = nodata where the input tile had no data, the
+        palette as colour table, the class names in the ``CLASS_NAMES`` tag
+        (``spectralmoe.engine.class_maps``). Each rank writes the tiles it predicted.
 
         Args:
             dirpath: output folder (default: ``<run folder>/predictions``).
+            format: ``tif`` (georeferenced GeoTIFF) or ``png`` (palette PNG, no georeference, nodata transparent).
         """
 
-        def __init__(self, dirpath: str | None = None) -> None:
+        def __init__(self, dirpath: str | None = None, format: Literal["tif", "png"] = "tif") -> None:  # noqa: A002
             super().__init__(write_interval="batch")
+            if format not in ("tif", "png"):
+                raise ValueError(f"predictions.format must be 'tif' or 'png', got {format!r}")
             self.dirpath = dirpath
+            self.format = format
             self.folder: Path | None = None
             self.written: list[Path] = []
 
@@ -288,36 +303,20 @@ def _trainer_classes() -> dict[str, type]:
             batch_idx: int,
             dataloader_idx: int,
         ) -> None:
-            from PIL import Image
+            from spectralmoe.engine.class_maps import write_class_map
 
             assert self.folder is not None
             palette = getattr(pl_module.hparams, "palette", None)
-            flat = [int(c) for colour in (palette or []) for c in colour]
+            names = getattr(pl_module.hparams, "class_names", None)
             paths = prediction.get("path") or [None] * len(prediction["pred"])
             for path, pred in zip(paths, prediction["pred"]):
-                array = pred.numpy()
                 target = self.folder / self._relative(trainer, path)
-                target = target.with_name(target.name + ".png")
+                target = target.with_name(target.name + f".{self.format}")
                 if ".." in target.relative_to(self.folder).parts:  # a tile path from a file never leaves the folder
                     raise InputError(f"{path}: its prediction would be written outside {self.folder}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if array.dtype == np.uint8:
-                    image = Image.fromarray(array, mode="L")
-                    if flat:
-                        image = image.convert("P")
-                        image.putpalette(flat + [0] * (768 - len(flat)))
-                else:  # more than 256 classes: 16-bit grey
-                    image = Image.fromarray(array.astype(np.uint16))
-                from spectralmoe.outputs import temporary_path
-
-                tmp = temporary_path(target)
-                try:
-                    image.save(tmp, format="PNG")
-                    os.replace(tmp, target)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
-                self.written.append(target)
+                written = write_class_map(target, pred.numpy(), palette=palette, class_names=names, source=path,
+                                          fmt=self.format)  # fmt: skip
+                self.written.append(written)
 
     class SpectralMoECLI(LightningCLI):
         """LightningCLI for ``SegmentationTask`` + ``DGDataModule`` with this product's defaults.
@@ -326,7 +325,7 @@ def _trainer_classes() -> dict[str, type]:
 
         * ``checkpoint:`` the ``ModelCheckpoint`` (best ``val/mean/mIoU`` + ``last.ckpt``);
         * ``export:`` ``ExportOnFitEnd`` (``model.safetensors`` + ``spectralmoe.json`` when fit ends);
-        * ``predictions:`` ``ClassMapWriter`` (palette PNGs from ``predict``);
+        * ``predictions:`` ``ClassMapWriter`` (georeferenced GeoTIFF class maps from ``predict``);
         * ``run:`` where the run folder goes: ``<run.root>/<run.name>/<run.version>``, default
           ``runs/<task>/<adapter>_<backbone>/version_N``.
 
@@ -361,52 +360,6 @@ def _trainer_classes() -> dict[str, type]:
             if subcommand_parsers is not None:
                 self._subcommand_parsers, self._subcommand_method_arguments = subcommand_parsers, method_arguments
 
-        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-            self._given_args = args  # kept to tell explicit options from defaults (_parse_ckpt_path)
-            super().parse_arguments(parser, args)
-
-        def _parse_ckpt_path(self) -> None:
-            """Check ``--ckpt_path`` before Lightning merges its hyperparameters into the config: a missing or
-            unreadable file is named, and a model option the command line or a config file sets explicitly
-            that differs from the checkpoint's (``--model.adapter spectralmoe`` with a Rein checkpoint) is
-            refused instead of silently overridden by the checkpoint."""
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-                path = Path(ckpt_path)
-                if not path.is_file():
-                    raise InputError(f"--ckpt_path {path}: no such checkpoint file")
-                try:
-                    import torch
-
-                    stored = torch.load(path, weights_only=True, map_location="cpu")
-                except Exception as error:  # noqa: BLE001 - any unpickling failure: name the file
-                    raise InputError(f"--ckpt_path {path}: unreadable checkpoint "
-                                     f"({describe(error).splitlines()[0]})") from error  # fmt: skip
-                hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
-                if not isinstance(hparams, dict) or "state_dict" not in stored:
-                    raise InputError(f"--ckpt_path {path}: not a spectralmoe training checkpoint (no state_dict and "
-                                     "hyper_parameters)")  # fmt: skip
-                explicit = self._explicit_model_options(subcommand)
-                from spectralmoe.engine.task import identity_conflicts
-
-                conflicts = identity_conflicts(hparams, explicit)
-                if conflicts:
-                    raise InputError(f"--ckpt_path {path} holds another model than the config asks for ("
-                                     + "; ".join(conflicts) + "): drop those options or use a matching checkpoint")
-            super()._parse_ckpt_path()
-
-        def _explicit_model_options(self, subcommand: str) -> dict[str, Any]:
-            """``model.*`` values set by config files or the command line (defaults left out)."""
-            try:
-                given = self.parser.parse_args(self._given_args, defaults=False)
-            except Exception:  # noqa: BLE001 - the full parse succeeded: without explicit values, nothing to compare
-                return {}
-            model = given.get(subcommand, {}).get("model") if hasattr(given, "get") else None
-            if model is None:
-                return {}
-            return {key: model.get(key) for key in model.keys() if "." not in key and model.get(key) is not None}
-
         def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
             every = LightningCLI.subcommands()
             if self.only_subcommand is None:
@@ -414,9 +367,10 @@ def _trainer_classes() -> dict[str, type]:
             return {self.only_subcommand: every[self.only_subcommand]}
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            from spectralmoe.engine.callbacks import ExportOnFitEnd
+            from spectralmoe.engine.callbacks import ExportOnFitEnd, LastCheckpoint
 
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            # last.ckpt = the latest weights (Lightning's own keeps it at the last top-k save)
+            parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
             parser.set_defaults(
                 {
                     "checkpoint.monitor": "val/mean/mIoU",
@@ -459,15 +413,126 @@ def _trainer_classes() -> dict[str, type]:
                 version = _next_version(Path(root) / name)
             return root, name, version
 
+        def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+            self._raw_args = args  # kept to tell given settings from defaults (_parse_ckpt_path)
+            super().parse_arguments(parser, args)
+
+        def _explicit_model_keys(self, subcommand: str) -> set[str] | None:
+            """``model:`` keys set on the command line or in a ``-c`` file (a parse without defaults)."""
+            args = getattr(self, "_raw_args", None)
+            if isinstance(args, dict) or hasattr(args, "as_dict"):
+                return None
+            try:
+                bare = self.parser.parse_args(args, defaults=False)
+            except (SystemExit, Exception):  # noqa: BLE001 - the full parse succeeded: nothing to compare
+                return None
+            model = (bare.get(subcommand) or {}).get("model") if bare.get(subcommand) is not None else None
+            if model is None:
+                return set()
+            return set(model.as_dict() if hasattr(model, "as_dict") else dict(model))
+
+        def _parse_ckpt_path(self) -> None:
+            """With ``--ckpt_path``, the checkpoint decides the architecture and data facts, and the
+            ``--model.*`` values given here (eval_mode, eval_crop, band_wavelengths…) apply; a flag that
+            would change the architecture (``--model.adapter spectralmoe`` with a Rein checkpoint) is refused
+            (``engine.checkpoint_settings``), as is a missing or unreadable file. Lightning's own version let
+            the checkpoint overwrite every flag silently."""
+            import torch
+
+            from spectralmoe.engine.checkpoint_settings import merge_checkpoint_settings, task_defaults
+
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+                return
+            path = Path(ckpt_path)
+            if not path.is_file():
+                raise InputError(f"--ckpt_path {path}: no such checkpoint file")
+            try:
+                stored = torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as error:  # noqa: BLE001 - any unpickling failure: name the file
+                raise InputError(f"--ckpt_path {path}: unreadable checkpoint "
+                                 f"({describe(error).splitlines()[0]})") from error  # fmt: skip
+            hparams = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+            if not isinstance(hparams, dict) or "state_dict" not in stored:
+                raise InputError(f"--ckpt_path {path}: not a spectralmoe training checkpoint (no state_dict and "
+                                 "hyper_parameters)")  # fmt: skip
+            hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+            if not hparams:
+                return
+            model = self.config[subcommand].get("model")
+            given = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+            merged, applied = merge_checkpoint_settings(given, hparams, task_defaults(self._model_class),
+                                                        checkpoint=str(path),
+                                                        explicit=self._explicit_model_keys(subcommand))  # fmt: skip
+            self.config = self.parser.parse_object({subcommand: {"model": merged}}, self.config)
+            for note in applied:
+                rank_zero_info(f"spectralmoe {subcommand}: {path}: applying {note}")
+
+        def before_instantiate_classes(self) -> None:
+            if self.subcommand == "fit":
+                self._task_schedule(self.config["fit"])
+
+        def _task_schedule(self, config: Any) -> None:
+            """The task's schedule (``max_iters``, ``val_interval``) unless the trainer is given one, and
+            a logging interval that suits the run's length."""
+            from spectralmoe.data.benchmarks import load_task
+
+            trainer = config.trainer
+            if trainer.get("fast_dev_run"):
+                return
+            task_value = config.data.task
+            if hasattr(task_value, "as_dict"):  # jsonargparse read a complete task file into DGTask fields
+                from spectralmoe.data.benchmarks import DGTask
+
+                fields = task_value.as_dict()
+                path = fields.pop("__path__", None)
+                task = load_task(str(path)) if path else DGTask.from_dict(fields, source="--data.task")
+            else:
+                task = load_task(task_value)
+            given = (trainer.get("max_steps") not in (None, -1) or trainer.get("max_epochs") is not None
+                     or trainer.get("max_time") is not None)  # fmt: skip
+            if not given:
+                trainer.max_steps = task.max_iters
+                rank_zero_info(f"spectralmoe fit: the schedule of task {task.name!r}: {task.max_iters} steps "
+                               "(--trainer.max_steps to change)")  # fmt: skip
+            steps = trainer.get("max_steps")
+            step_based = steps is not None and steps > 0 and trainer.get("max_epochs") is None
+            if step_based and trainer.get("val_check_interval") is None and trainer.get("check_val_every_n_epoch") == 1:
+                trainer.val_check_interval = min(task.val_interval, steps)
+                trainer.check_val_every_n_epoch = None
+                rank_zero_info(f"spectralmoe fit: validation every {trainer.val_check_interval} steps (task "
+                               f"{task.name!r}; --trainer.val_check_interval to change)")  # fmt: skip
+            if trainer.get("log_every_n_steps") is None and step_based:
+                trainer.log_every_n_steps = max(1, min(50, steps // 20))  # short runs log too
+
+        def _run_dir(self, root: str, name: str, version: int | str) -> Path:
+            return Path(root) / name / (f"version_{version}" if isinstance(version, int) else str(version))
+
         def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-            """Add the default loggers (CSV + TensorBoard in one run folder) when ``trainer.logger`` is null."""
+            """Add the default loggers (CSV + TensorBoard in one run folder) when ``trainer.logger`` is null,
+            the step progress bar, and a run folder for ``fast_dev_run`` too (Lightning drops its loggers)."""
+            from lightning.pytorch.callbacks import ProgressBar
+
+            from spectralmoe.engine.progress import StepProgressBar
+
             trainer_config = self._get(self.config_init, "trainer", default={})
+            fast_dev_run = bool(trainer_config.get("fast_dev_run"))
             if trainer_config.get("logger") is None and "logger" not in kwargs:
                 root, name, version = self._run_folder()
                 kwargs["logger"] = [
                     CSVLogger(root, name=name, version=version),
                     TensorBoardLogger(root, name=name, version=version, default_hp_metric=False),
                 ]
+                if fast_dev_run:  # every file of the run (config, metrics, export) goes to the run folder
+                    kwargs.setdefault("default_root_dir", str(self._run_dir(root, name, version)))
+            callbacks = list(kwargs.get("callbacks", trainer_config.get("callbacks")) or [])
+            if trainer_config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks
+            ):
+                kwargs["callbacks"] = [*callbacks, StepProgressBar()]
             trainer = super().instantiate_trainer(**kwargs)
             from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -475,6 +540,12 @@ def _trainer_classes() -> dict[str, type]:
 
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # whole checkpoints, or none
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            if fast_dev_run:
+                trainer.loggers = []  # Lightning's stand-in logger has no folder: log_dir = default_root_dir
+                if self.save_config_callback:  # LightningCLI skips config.yaml under fast_dev_run: keep it
+                    config = self.config.get(str(self.subcommand), self.config)
+                    trainer.callbacks.append(self.save_config_callback(self._parser(self.subcommand), config,
+                                                                       **self.save_config_kwargs))  # fmt: skip
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
             return trainer
@@ -485,18 +556,65 @@ def _trainer_classes() -> dict[str, type]:
                 kwargs["return_predictions"] = False
             return self.trainer.predict(**kwargs)
 
+        def validate(self, **kwargs: Any) -> Any:
+            """``trainer.validate`` printing one table per target domain (``after_validate``), not Lightning's."""
+            kwargs["verbose"] = False
+            return self.trainer.validate(**kwargs)
+
+        def test(self, **kwargs: Any) -> Any:
+            """``trainer.test`` printing one table per target domain (``after_test``), not Lightning's."""
+            kwargs["verbose"] = False
+            return self.trainer.test(**kwargs)
+
+        def _folder(self) -> Path | None:
+            """The run folder (``trainer.log_dir`` is a collective: every rank calls this)."""
+            log_dir = self.trainer.log_dir
+            return Path(log_dir) if log_dir is not None else None
+
         def _report(self) -> None:
-            if self.trainer.is_global_zero and self.trainer.loggers:
-                rank_zero_info(f"spectralmoe {self.subcommand}: run folder {self.trainer.loggers[0].log_dir}")
+            folder = self._folder()
+            if self.trainer.is_global_zero:
+                rank_zero_info(f"spectralmoe {self.subcommand}: run folder {folder}")
 
         def after_fit(self) -> None:
-            self._report()
+            from spectralmoe.engine.summary import fit_summary
+
+            folder = self._folder()
+            if not self.trainer.is_global_zero:
+                return
+            checkpoint = self.trainer.checkpoint_callback
+            export = next((c for c in self.trainer.callbacks if type(c).__name__ == "ExportOnFitEnd"), None)
+            hp = self.model.hparams
+            options = [] if hp.get("pretrained", True) else ["--random-frozen"]
+            for flag, key in (("--backbone-weights", "backbone_weights"), ("--depth-weights", "depth_weights")):
+                if hp.get(key):
+                    options += [flag, str(hp[key])]
+            config_file = folder / "config.yaml" if folder is not None and (folder / "config.yaml").is_file() else None
+            rank_zero_info(fit_summary(
+                run_folder=folder, history=getattr(self.model, "val_history", []), steps=int(self.trainer.global_step),
+                best_checkpoint=getattr(checkpoint, "best_model_path", None) or None,
+                last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+                export=getattr(export, "last_path", None), config_file=config_file, predict_scene_options=options,
+            ))  # fmt: skip
+
+        def _eval_report(self, stage: str, stem: str) -> None:
+            from spectralmoe.engine.summary import eval_table
+
+            folder = self._folder()
+            report = getattr(self.model, "last_metrics", None)
+            if not self.trainer.is_global_zero or report is None:
+                self._report()
+                return
+            metrics = Path(self.model.hparams.get("metrics_dir") or folder or ".") / f"{stem}.json"
+            rank_zero_info(eval_table(report, f"spectralmoe {stage}: per target domain — {metrics}"))
+            rank_zero_info(f"spectralmoe {stage}: run folder {folder}")
 
         def after_validate(self) -> None:
-            self._report()
+            report = getattr(self.model, "last_metrics", None) or {}
+            self._eval_report("validate", f"metrics_val_epoch{report.get('epoch')}_step{report.get('step')}")
 
         def after_test(self) -> None:
-            self._report()
+            self._eval_report("test", "metrics_test")
 
         def after_predict(self) -> None:
             self._report()
@@ -576,6 +694,7 @@ def _add_trainer_parser(subparsers: argparse._SubParsersAction, command: str) ->
 
 def build_parser() -> argparse.ArgumentParser:
     from spectralmoe.convert.cli import add_import_checkpoint_parser
+    from spectralmoe.compare import add_compare_parser
     from spectralmoe.demo import add_demo_parser
     from spectralmoe.predict import add_predict_scene_parser
     from spectralmoe.viz import add_viz_parser
@@ -595,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_parser(subparsers)
     add_predict_scene_parser(subparsers)
     add_viz_parser(subparsers)
+    add_compare_parser(subparsers)
     add_demo_parser(subparsers)
     add_import_checkpoint_parser(subparsers)
     return parser

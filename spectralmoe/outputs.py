@@ -51,7 +51,8 @@ FOREIGN_STALE_SECONDS = 24 * 3600
 SPACE_MARGIN = 1.05
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() or "host")[:40] or "host"
 _PATTERN = re.compile(
-    r"^\.(?P<name>.+)\.smoe-(?P<kind>tmp|old|journal)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})$"
+    r"^\.(?P<name>.+)\.smoe-(?P<kind>tmp|old|journal)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-(?P<token>[0-9a-f]{8})"
+    r"(?P<suffix>(?:\.[A-Za-z0-9]{1,8}){1,2})?$"  # writers that infer the format from the name keep a suffix
 )
 
 

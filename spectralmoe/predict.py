@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from spectralmoe.bands import DEFAULT_RGB_TOLERANCE_UM, as_wavelength_list, get_sensor, wavelength_distance
+from spectralmoe.bands import BAND_TOLERANCE_UM, BandMismatchError, get_sensor, load_sensor, match_bands
 from spectralmoe.errors import InputError, InputWarning, check_int, describe
 from spectralmoe.models.segmentor import min_input_size
 from spectralmoe.outputs import OutputSet
@@ -81,8 +81,6 @@ BLOCK_SIZE = 256
 GDAL_CACHE_MB = 64
 #: Weight of a tile's border pixels relative to its centre in the blending window.
 WINDOW_FLOOR = 0.05
-#: How far (µm) an input band's centre wavelength may be from a model band's to stand in for it.
-BAND_TOLERANCE_UM = DEFAULT_RGB_TOLERANCE_UM
 #: Input values further than this many standard deviations from the model's band statistics are reported.
 EXTREME_STD = 50.0
 #: Input values further than this many standard deviations are no measurement: treated as nodata.
@@ -90,10 +88,6 @@ UNUSABLE_STD = 1e6
 
 PathLike = str | os.PathLike[str]
 Precision = Literal["fp32", "bf16"]
-
-
-class BandMismatchError(InputError):
-    """The input's bands cannot be matched to the bands the model was trained on."""
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -252,65 +246,8 @@ def _is_spectralmoe(adapter: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ the bands
-def match_bands(
-    model_wavelengths: Sequence[float],
-    input_count: int,
-    *,
-    sensor: str | None = None,
-    wavelengths: Sequence[float] | None = None,
-    tolerance_um: float = BAND_TOLERANCE_UM,
-    where: str = "input",
-) -> list[int]:
-    """0-based input bands to feed the model, in the model's band order.
-
-    Without ``sensor``/``wavelengths`` the input must have exactly the model's band count (taken in
-    file order). With them, each model band takes the input band nearest in wavelength, within
-    ``tolerance_um``; non-spectral bands (wavelength ``nan``, e.g. elevation) pair up in order. An
-    input band may feed one model band only. Raises ``BandMismatchError`` naming the band."""
-    model = as_wavelength_list(model_wavelengths)
-    if sensor is not None and wavelengths is not None:
-        raise ValueError("describe the input with either a sensor or wavelengths, not both")
-    if sensor is None and wavelengths is None:
-        if input_count != len(model):
-            raise BandMismatchError(
-                f"{where} has {input_count} band(s) but the model was trained on {len(model)} "
-                f"(wavelengths {model} µm); pass --sensor/--wavelengths to select or reorder bands by wavelength"
-            )
-        return list(range(input_count))
-    source = f"sensor {sensor!r}" if sensor is not None else "the given wavelengths"
-    given = list(get_sensor(sensor).wavelengths_um) if sensor is not None else as_wavelength_list(wavelengths or [])
-    if len(given) != input_count:
-        raise BandMismatchError(f"{where} has {input_count} band(s) but {source} describes {len(given)}: {given} µm")
-    spectral = [(i, w) for i, w in enumerate(given) if not math.isnan(w)]
-    other = [i for i, w in enumerate(given) if math.isnan(w)]
-    chosen: list[int] = []
-    for j, target in enumerate(model):
-        if math.isnan(target):
-            rank = sum(math.isnan(w) for w in model[:j])
-            if rank >= len(other):
-                raise BandMismatchError(
-                    f"{where}: model band {j} is non-spectral (no wavelength) and {source} has no such band left"
-                )
-            chosen.append(other[rank])
-            continue
-        if not spectral:
-            raise BandMismatchError(f"{where}: {source} has no spectral band for model band {j} at {target:.3f} µm")
-        index, wave = min(spectral, key=lambda iw: (wavelength_distance(iw[1], target), iw[0]))
-        if abs(wave - target) > tolerance_um:
-            raise BandMismatchError(
-                f"{where}: the model's band {j} ({target:.3f} µm) is missing — the nearest input band is band "
-                f"{index + 1} at {wave:.3f} µm, {abs(wave - target) * 1000:.0f} nm away (tolerance "
-                f"{tolerance_um * 1000:.0f} nm; input {source}: {given} µm)"
-            )
-        chosen.append(index)
-    repeated = sorted({i for i in chosen if chosen.count(i) > 1})
-    if repeated:
-        feeds = {i + 1: [j for j, c in enumerate(chosen) if c == i] for i in repeated}
-        raise BandMismatchError(
-            f"{where}: input band(s) {list(feeds)} would each feed several model bands {feeds} "
-            f"(model {model} µm, input {given} µm); the input lacks distinct bands for them"
-        )
-    return chosen
+# ``match_bands`` and ``BandMismatchError`` live in ``spectralmoe.bands`` (one rule for every path) and are
+# re-exported here.
 
 
 # ------------------------------------------------------------------------------------ the tiles
@@ -361,6 +298,7 @@ class PredictionSummary:
     checkpoint: str
     height: int
     width: int
+    #: 0-based input bands fed to the model, in its order (``--json`` prints them 1-based as ``input_bands``)
     bands_used: list[int]
     tiles: int
     tiles_skipped: int
@@ -377,6 +315,16 @@ class PredictionSummary:
     unscored_pixels: int = 0
     #: valid pixels more than ``EXTREME_STD`` std from the model's band statistics (reported)
     extreme_pixels: int = 0
+    #: how the input's bands were matched to the model's: "--sensor NAME", "--wavelengths", the file's
+    #: "band descriptions …" / "wavelength metadata", or "assumed: file order = model order"
+    bands_matched_by: str = ""
+    #: ground area of a pixel (m²) and of each class (ha); ``None`` without a projected georeference
+    pixel_area_m2: float | None = None
+    class_hectares: dict[str, float] | None = None
+    #: with a ground truth: the ``engine.metrics`` report file (+ CSV) and its scores (percent)
+    metrics: Path | None = None
+    metrics_csv: Path | None = None
+    scores: dict[str, Any] | None = None
 
     @property
     def tiles_per_second(self) -> float:
@@ -389,7 +337,18 @@ class PredictionSummary:
         data["tiles_per_second"] = round(self.tiles_per_second, 3)
         data["seconds"] = round(self.seconds, 3)
         data["tile_seconds"] = round(self.tile_seconds, 3)
-        return data
+        # printed output counts bands from 1, as GDAL and GIS tools do (the attribute is a 0-based Python list)
+        data["input_bands"] = [b + 1 for b in data.pop("bands_used")]
+        return _json_safe(data)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined score) → ``None``, so ``--json`` prints valid JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _profile(src: Any, count: int, dtype: str, nodata: float) -> dict[str, Any]:
@@ -523,6 +482,25 @@ def _expected_sizes(facts: dict[str, Any], classes: int, targets: dict[str, Path
     return sizes
 
 
+def _described_wavelengths(
+    path: Path, count: int, source: ModelSource, notes: list[str]
+) -> tuple[list[float] | None, str]:
+    """Wavelengths of the input's bands from its band descriptions / metadata when they name every
+    band; else ``None`` and a warning that the file order is taken for the model's."""
+    from spectralmoe.data.io import read_band_info
+
+    info = read_band_info(path)
+    described = info.wavelengths()
+    if described is not None:
+        return list(described[0]), described[1]
+    if count == len(source.wavelengths):
+        notes.append(f"{path}: no --sensor/--wavelengths, and the band descriptions {info.names()} do not name "
+                     f"known bands: assuming the file's bands are in the model's order (wavelengths "
+                     f"{[round(w, 3) for w in source.wavelengths]} µm); pass --sensor or --wavelengths if not")  # fmt: skip
+        warnings.warn(notes[-1], stacklevel=3)
+    return None, "assumed: file order = model order"
+
+
 def predict_scene(
     checkpoint: PathLike | Any,
     input: PathLike,  # noqa: A002 - the CLI's --input
@@ -548,6 +526,7 @@ def predict_scene(
     gdal_cache_mb: int = GDAL_CACHE_MB,
     gsd_m: float | None = None,
     nodata: float | None = None,
+    ground_truth: PathLike | None = None,
 ) -> PredictionSummary:
     """Segment a whole raster and write a georeferenced class map (see the module docstring for the
     tiling, blending and the memory bound).
@@ -560,7 +539,10 @@ def predict_scene(
             size, colour table = the palette, class names in the ``CLASS_NAMES`` tag, tiled 256 × 256,
             deflate, internal overviews (``overviews=True``).
         sensor, wavelengths: describe the input's bands so they are matched to the model's by
-            wavelength (selected / reordered); without them the band count must equal the model's.
+            wavelength (selected / reordered; ``sensor`` may be a sensor YAML file). Without them the
+            file's band descriptions / wavelength metadata are used when they name every band
+            ("B", "NIR", "B08", "490 nm"…); else the file order is assumed to be the model's, with a
+            warning (and the band count must equal the model's).
         tile, overlap: tile size and overlap in pixels (stride ``tile − overlap``).
         batch_size: tiles per forward pass.
         device, precision: ``"cpu"`` / ``"cuda"``; ``"bf16"`` runs the model under bfloat16 autocast
@@ -582,6 +564,9 @@ def predict_scene(
             patch-area token); default: the model's own (its training data's). Ignored, with a note, by the others.
         nodata: the input's fill value when its file does not declare one (or declares another): a
             pixel equal to it in every band is nodata.
+        ground_truth: a label raster on the scene's grid (class indices, 255 = ignore), checked before the
+            model runs; the map is scored against it (``<output stem>_metrics.json`` / ``.csv``: mIoU,
+            mAcc, aAcc, per-class IoU/Acc in percent, confusion matrix; ``spectralmoe.map_metrics``).
 
     Returns:
         A ``PredictionSummary``.
@@ -623,15 +608,26 @@ def predict_scene(
     source = resolve_checkpoint(checkpoint)
     if not input_path.exists():
         raise FileNotFoundError(f"--input {input_path}: no such file")
-    outputs = OutputSet(targets, inputs={"--input": input_path, **source.files()})
+    truth_input = {"--ground-truth": Path(ground_truth)} if ground_truth is not None else {}
+    outputs = OutputSet(targets, inputs={"--input": input_path, **truth_input, **source.files()})
     outputs.check()  # output = input, folders, permissions: before reading anything else
     facts = _inspect_input(input_path, nodata)
     where = f"{input_path} (shape {facts['count']}x{facts['height']}x{facts['width']}, {facts['dtype']})"
+    notes: list[str] = []
+    matched_by = f"--sensor {sensor}" if sensor is not None else "--wavelengths" if wavelengths is not None else ""
+    if sensor is None and wavelengths is None:
+        wavelengths, matched_by = _described_wavelengths(input_path, facts["count"], source, notes)
     bands = match_bands(source.wavelengths, facts["count"], sensor=sensor, wavelengths=wavelengths,
                         tolerance_um=band_tolerance_um, where=where)  # fmt: skip
-    notes: list[str] = []
+    truth_pixels = None
+    if ground_truth is not None:
+        from spectralmoe.map_metrics import check_ground_truth
+
+        truth_pixels = check_ground_truth(ground_truth, height=facts["height"], width=facts["width"],
+                                          crs=facts["crs"], transform=facts["transform"],
+                                          num_classes=source.num_classes, scene=str(input_path))  # fmt: skip
     if sensor is not None and source.value_scale is not None:
-        scale = get_sensor(sensor).value_scale
+        scale = load_sensor(sensor).value_scale
         if not math.isclose(scale, source.value_scale, rel_tol=1e-6):
             notes.append(f"sensor {sensor!r} has value scale {scale:g} but the model was trained on data of "
                          f"value scale {source.value_scale:g}: raw values are fed unchanged")  # fmt: skip
@@ -692,13 +688,31 @@ def predict_scene(
     for message in _run_warnings(run, input_path, bands):
         notes.append(message)
         warnings.warn(InputWarning(message), stacklevel=2)
+    from spectralmoe.map_metrics import class_areas_ha, pixel_area_m2
+
+    class_pixels = {n: int(c) for n, c in zip(source.class_names, run.counts)}
+    area = pixel_area_m2(facts["crs"], facts["transform"])
+    metrics_paths: tuple[Path | None, Path | None] = (None, None)
+    scores = None
+    if ground_truth is not None:
+        from spectralmoe.engine.metrics import write_report
+        from spectralmoe.map_metrics import score_map
+
+        report = score_map(output, ground_truth, source.class_names)
+        report["labelled_ground_truth_pixels"] = truth_pixels
+        metrics_paths = write_report(report, output.parent, f"{output.stem}_metrics")
+        scene_row = report["domains"]["scene"]
+        scores = {"mIoU": scene_row["mIoU"], "mAcc": scene_row["mAcc"], "aAcc": scene_row["aAcc"],
+                  "IoU": scene_row["IoU"], "unscored_nodata_pixels": report["unscored_nodata_pixels"]}  # fmt: skip
     return PredictionSummary(
         output=output, preview=targets.get("preview"), probabilities=targets.get("--probabilities"),
         routing=targets.get("--routing"), checkpoint=source.describe(), height=facts["height"], width=facts["width"],
         bands_used=bands, tiles=run.tiles, tiles_skipped=run.skipped, class_names=list(source.class_names),
-        class_pixels={n: int(c) for n, c in zip(source.class_names, run.counts)}, nodata_pixels=run.nodata_pixels,
+        class_pixels=class_pixels, nodata_pixels=run.nodata_pixels,
         seconds=time.perf_counter() - started, tile_seconds=run.seconds, device=str(run_device), precision=precision,
         routing_layer=layer, warnings=notes, unscored_pixels=run.unscored, extreme_pixels=run.extreme,
+        bands_matched_by=matched_by, pixel_area_m2=area, class_hectares=class_areas_ha(class_pixels, area),
+        metrics=metrics_paths[0], metrics_csv=metrics_paths[1], scores=scores,
     )  # fmt: skip
 
 
@@ -966,7 +980,9 @@ def add_predict_scene_parser(subparsers: argparse._SubParsersAction) -> argparse
     p.add_argument("--input", required=True, type=Path, help="scene raster in raw sensor units")
     p.add_argument("--output", required=True, type=Path, help="class map GeoTIFF to write")
     bands = p.add_mutually_exclusive_group()
-    bands.add_argument("--sensor", default=None, help="sensor of the input (its band wavelengths), e.g. gf2-16bit")
+    bands.add_argument("--sensor", default=None,
+                       help="sensor of the input (its band wavelengths): a built-in name, e.g. gf2-16bit, or a sensor "
+                       "YAML file; default: the file's band descriptions when they name every band, else file order")
     bands.add_argument("--wavelengths", nargs="+", default=None, metavar="UM",
                        help="centre wavelengths (µm) of the input's bands in file order (nan = non-spectral)")
     p.add_argument("--gsd", dest="gsd_m", type=float, default=None, metavar="M",
@@ -975,6 +991,9 @@ def add_predict_scene_parser(subparsers: argparse._SubParsersAction) -> argparse
     p.add_argument("--nodata", type=float, default=None,
                    help="fill value of the input when its file declares none (or the wrong one): a pixel equal to it "
                    "in every band is nodata")
+    p.add_argument("--ground-truth", type=Path, default=None,
+                   help="label raster on the scene's grid (class indices, 255 = ignore): writes <output stem>_metrics"
+                   ".json/.csv with per-class IoU (checked before the model runs)")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -1006,19 +1025,35 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         probabilities=args.probabilities, routing=args.routing, routing_layer=args.routing_layer,
         preview=args.preview, overviews=args.overviews, backbone_weights=args.backbone_weights,
         depth_weights=args.depth_weights, pretrained=args.pretrained, progress=not args.quiet, gsd_m=args.gsd_m,
-        nodata=args.nodata,
+        nodata=args.nodata, ground_truth=args.ground_truth,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
         return 0
-    print(f"{summary.output}: {summary.height}x{summary.width} class map from {summary.tiles} tiles in "
-          f"{summary.seconds:.1f} s ({summary.tiles_per_second:.2f} tiles/s after model loading, {summary.device}, "
-          f"{summary.precision})")
-    for extra in ("preview", "probabilities", "routing"):
+    print(f"{summary.output}: class map of {summary.width} × {summary.height} px (width × height) from "
+          f"{summary.tiles} tiles in {summary.seconds:.1f} s ({summary.tiles_per_second:.2f} tiles/s after model "
+          f"loading, {summary.device}, {summary.precision})")
+    print(f"  input bands {', '.join(str(b + 1) for b in summary.bands_used)} feed model bands "
+          f"1..{len(summary.bands_used)} (matched by {summary.bands_matched_by})")
+    for extra in ("preview", "probabilities", "routing", "metrics", "metrics_csv"):
         if getattr(summary, extra) is not None:
             print(f"  {extra}: {getattr(summary, extra)}")
     valid = sum(summary.class_pixels.values())
+    hectares = summary.class_hectares
+    print(f"  {'class':<24}{'pixels':>14}  {'share':>7}{'  area (ha)' if hectares is not None else ''}"
+          f"{'   IoU' if summary.scores else ''}")
     for name, count in summary.class_pixels.items():
-        print(f"  {name:<24}{count:>14,} px  {100.0 * count / max(valid, 1):6.2f} %")
-    print(f"  {'nodata':<24}{summary.nodata_pixels:>14,} px")
+        area = f"  {hectares[name]:>9.2f}" if hectares is not None else ""
+        iou = ""
+        if summary.scores:
+            value = summary.scores["IoU"].get(name)
+            iou = f"  {value:5.1f} %" if value is not None and value == value else "    n/a"
+        print(f"  {name:<24}{count:>14,}  {100.0 * count / max(valid, 1):5.1f} %{area}{iou}")
+    print(f"  {'nodata':<24}{summary.nodata_pixels:>14,}")
+    if hectares is None:
+        print("  areas: unknown (the input has no projected georeference)")
+    if summary.scores:
+        sc = summary.scores
+        print(f"  against {args.ground_truth}: mIoU {sc['mIoU']:.1f} %, mAcc {sc['mAcc']:.1f} %, aAcc {sc['aAcc']:.1f} % "
+              f"({sc['unscored_nodata_pixels']:,} labelled pixels under nodata not scored)")
     return 0

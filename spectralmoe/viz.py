@@ -375,7 +375,8 @@ def confusion_from_rasters(
     with _open(prediction) as p_src, _open(truth) as t_src:
         if (p_src.height, p_src.width) != (t_src.height, t_src.width):
             raise ValueError(
-                f"{prediction} is {p_src.height}x{p_src.width} but ground truth {truth} is {t_src.height}x{t_src.width}"
+                f"{prediction} is {_size(p_src.height, p_src.width)} but ground truth {truth} is "
+                f"{_size(t_src.height, t_src.width)}"
             )
         if p_src.crs is not None and t_src.crs is not None:
             if p_src.crs != t_src.crs or not p_src.transform.almost_equals(t_src.transform):
@@ -471,7 +472,7 @@ def plot_confusion(
                     ax.text(j, i, text, ha="center", va="center", fontsize=8 if k <= 12 else 6, color=colour)
     total = confusion.sum()
     accuracy = np.trace(confusion) / total if total else float("nan")
-    ax.set_title(title or f"confusion matrix (overall accuracy {accuracy:.3f})", fontsize=9)
+    ax.set_title(title or f"confusion matrix (overall accuracy {100 * accuracy:.1f} %)", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -624,13 +625,13 @@ def viz_figure(
                        prediction)  # fmt: skip
     if ground_truth is not None:
         if _full_shape(ground_truth) != _full_shape(prediction):
-            raise InputError(f"--ground-truth {ground_truth} is {'x'.join(map(str, _full_shape(ground_truth)))} but "
-                             f"{prediction} is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
+            raise InputError(f"--ground-truth {ground_truth} is {_size(*_full_shape(ground_truth))} but "
+                             f"{prediction} is {_size(*_full_shape(prediction))}")  # fmt: skip
         check_class_values(class_value_counts(ground_truth, "--ground-truth"), len(names), ignore_index,
                            "--ground-truth", ground_truth)  # fmt: skip
     if routing is not None and _full_shape(routing) != _full_shape(prediction):
-        raise InputError(f"--routing {routing} is {'x'.join(map(str, _full_shape(routing)))} but {prediction} "
-                         f"is {'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
+        raise InputError(f"--routing {routing} is {_size(*_full_shape(routing))} but {prediction} "
+                         f"is {_size(*_full_shape(prediction))}")  # fmt: skip
 
     pred = read_decimated(prediction, max_size=max_size, bands=[0])[0][0]
     panels: list[tuple[np.ndarray, str]] = []
@@ -638,8 +639,8 @@ def viz_figure(
     if image is not None:
         with _open(image) as src:
             if (src.height, src.width) != _full_shape(prediction):
-                raise InputError(f"--image {image} is {src.height}x{src.width} but {prediction} is "
-                                 f"{'x'.join(map(str, _full_shape(prediction)))}")  # fmt: skip
+                raise InputError(f"--image {image} is {_size(src.height, src.width)} but {prediction} is "
+                                 f"{_size(*_full_shape(prediction))}")  # fmt: skip
         raw, nodata = read_decimated(image, max_size=max_size, resampling="average")
         background, label = composite(raw, _image_wavelengths(sensor, wavelengths), mode=composite_mode,
                                       nodata=nodata)  # fmt: skip
@@ -665,7 +666,7 @@ def viz_figure(
         _show(ax, rgba, title)
     add_legend(axes[-1], names, palette, title="classes")
     if accuracy is not None:
-        fig.suptitle(f"overall accuracy {accuracy:.3f}, mIoU {miou:.3f} (all pixels)", fontsize=10)
+        fig.suptitle(f"overall accuracy {100 * accuracy:.1f} %, mIoU {100 * miou:.1f} % (all pixels)", fontsize=10)
     with outputs:
         save_figure(fig, outputs.temporary("--output"))
         if confusion is not None:
@@ -676,6 +677,11 @@ def viz_figure(
         outputs.commit()
     return VizResult(output, targets.get("confusion figure"), targets.get("routing figure"), confusion, list(names),
                      accuracy, miou)  # fmt: skip
+
+
+def _size(height: int, width: int) -> str:
+    """How messages give a raster's size: width first, as GIS tools do, and said so."""
+    return f"{width} × {height} px (width × height)"
 
 
 def _full_shape(path: PathLike) -> tuple[int, int]:
@@ -736,5 +742,6 @@ def _run_viz(args: argparse.Namespace) -> int:
         print(f"routing map: {result.routing_figure}")
     if result.confusion_figure is not None:
         print(f"confusion matrix: {result.confusion_figure}")
-        print(f"overall accuracy {result.overall_accuracy:.4f}, mIoU {result.mean_iou:.4f}")
+        print(f"overall accuracy {100 * result.overall_accuracy:.1f} %, mIoU {100 * result.mean_iou:.1f} % (percent, "
+              "as every score the product prints)")
     return 0

@@ -30,7 +30,7 @@ def run_for_output(capsys, argv: list[str]) -> str:
 
 def test_help_lists_every_command(capsys):
     out = run_for_output(capsys, ["--help"])
-    for command in (*TRAINER_COMMANDS, "params", "prepare", "stats", "predict-scene", "viz", "demo"):
+    for command in (*TRAINER_COMMANDS, "params", "prepare", "stats", "predict-scene", "viz", "compare", "demo"):
         assert f"    {command} " in out, command
     assert "spectralmoe fit --help" in out
 

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pytest
+import rasterio
 import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
@@ -125,8 +126,8 @@ def test_fit_then_test_then_predict_writes_per_domain_results(bench, uninterrupt
     validated = only_version(bench["base"] / "runs" / "full-val")
     assert json.loads(next(validated.glob("metrics_val_*.json")).read_text())["confusion"] == report["confusion"]
 
-    # predict: one palette PNG per target tile, at the tile's size, under the run folder. Only the task file:
-    # the model's arguments come from the checkpoint's hyperparameters.
+    # predict: one GeoTIFF class map per target tile, at the tile's size and on its grid, under the run folder.
+    # Only the task file: the model's arguments come from the checkpoint's hyperparameters.
     predict = [
         "predict", "-c", str(TASK_FILE), "--data.root", str(bench["root"]), "--data.task", str(bench["task"]),
         "--data.eval_batch_size", "2", "--data.num_workers", "0", "--run.root", str(bench["base"] / "runs"),
@@ -134,13 +135,25 @@ def test_fit_then_test_then_predict_writes_per_domain_results(bench, uninterrupt
     ]  # fmt: skip
     assert main(predict) == 0
     predicted = only_version(bench["base"] / "runs" / "full-predict") / "predictions"
-    maps = sorted(p.relative_to(predicted).as_posix() for p in predicted.rglob("*.png"))
-    assert maps == [f"target/{d}/t{k}.png" for d in DOMAINS for k in (0, 1)]
-    image = Image.open(predicted / maps[0])
-    assert image.mode == "P" and image.size == (64, 64)
+    maps = sorted(p.relative_to(predicted).as_posix() for p in predicted.rglob("*.tif"))
+    assert maps == [f"target/{d}/t{k}.tif" for d in DOMAINS for k in (0, 1)]
+    with rasterio.open(predicted / maps[0]) as src:
+        labels = src.read(1)
+        assert src.nodata == 255 and labels.shape == (64, 64) and src.dtypes[0] == "uint8"
+        colours = [list(src.colormap(1)[i][:3]) for i in range(len(DG_TASKS[TASK].classes))]
+        assert colours == [list(c) for c in DG_TASKS[TASK].palette]
+        assert json.loads(src.tags()["CLASS_NAMES"]) == list(DG_TASKS[TASK].classes)
+    assert int(labels.max()) < len(DG_TASKS[TASK].classes)
+
+    # --predictions.format png: palette PNGs (no georeference), nodata transparent
+    assert main(predict[:-len(cpu_trainer_args())] + ["--run.name", "png-predict", "--predictions.format", "png",
+                                                      *cpu_trainer_args()]) == 0  # fmt: skip
+    pngs = only_version(bench["base"] / "runs" / "png-predict") / "predictions"
+    image = Image.open(pngs / "target" / DOMAINS[0] / "t0.png")
+    assert image.mode == "P" and image.size == (64, 64) and image.info.get("transparency") == 255
     palette = np.array(image.getpalette()[: 3 * len(DG_TASKS[TASK].classes)]).reshape(-1, 3)
     assert palette.tolist() == [list(c) for c in DG_TASKS[TASK].palette]
-    assert int(np.array(image).max()) < len(DG_TASKS[TASK].classes)
+    assert (np.array(image) == labels).all()
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_result(bench, uninterrupted, tmp_path):

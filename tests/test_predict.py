@@ -253,7 +253,7 @@ def test_band_mismatch_is_an_error_before_any_work(export, scene, tmp_path, monk
     out = tmp_path / "out" / "map.tif"
     with pytest.raises(BandMismatchError, match=r"rgb\.tif \(shape 3x217x300, float32\) has 3 band.*trained on 4"):
         predict_scene(export, three, out, **FAST)
-    with pytest.raises(BandMismatchError, match=r"band 0 \(0\.830 µm\) is missing"):
+    with pytest.raises(BandMismatchError, match=r"model band 1 \(0\.830 µm\) is missing"):
         predict_scene(export, three, out, sensor="rgb", **FAST)
     with pytest.raises(BandMismatchError, match="has 4 band.*sensor 'rgb' describes 3"):
         predict_scene(export, scene[0], out, sensor="rgb", **FAST)
@@ -377,6 +377,7 @@ def test_cli_parser_runs_predict_scene_with_a_progress_bar(export, scene, tmp_pa
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["output"] == str(tmp_path / "map.tif") and report["tiles"] == 30 and report["precision"] == "fp32"
+    assert report["input_bands"] == [1, 2, 3, 4]  # printed band numbers count from 1, as GDAL does
     assert "30/30" in captured.err  # the tqdm bar over tiles
     assert (tmp_path / "map.tif").is_file() and (tmp_path / "map.png").is_file()
     with pytest.raises(SystemExit):  # --sensor and --wavelengths exclude each other

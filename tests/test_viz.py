@@ -112,7 +112,7 @@ def test_confusion_matrix_in_memory_and_streamed(tmp_path):
     shifted = write_map(tmp_path / "shifted.tif", truth, grid=moved)
     with pytest.raises(ValueError, match="pred.tif.*shifted.tif.*not on the same grid"):
         confusion_from_rasters(pred_path, shifted, 3)
-    with pytest.raises(ValueError, match="is 90x130 but ground truth .*small.tif is 10x10"):
+    with pytest.raises(ValueError, match=r"is 130 × 90 px \(width × height\) but ground truth .*small.tif is 10 × 10 px"):
         confusion_from_rasters(pred_path, write_map(tmp_path / "small.tif", truth[:10, :10]), 3)
     errors = error_map(pred, truth)
     assert (errors[..., 3] > 0).sum() == scored.sum()
@@ -136,7 +136,7 @@ def test_viz_command_writes_the_figure_and_confusion_matrix(tmp_path, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     matrix = confusion_matrix(pred, truth, 3)
-    assert f"overall accuracy {np.trace(matrix) / matrix.sum():.4f}" in printed
+    assert f"overall accuracy {100 * np.trace(matrix) / matrix.sum():.1f} %" in printed  # percent, as everywhere
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["fig.png", "fig_confusion.png", "fig_routing.png"]
     with Image.open(tmp_path / "figs" / "fig.png") as figure, Image.open(tmp_path / "figs" / "fig_confusion.png") as cm:
         assert figure.width > 3 * figure.height / 1.5 and cm.width > 200  # four panels side by side

@@ -30,6 +30,13 @@ YAML schema (keys = ``DGTask`` fields; ``*`` = required unless ``extends`` provi
     target_group_by: domain         # "domain", "sensor", "all" (one group "target") or an
                                     #   attribute key of the tiles (region, continent…); tiles
                                     #   lacking that attribute use their domain
+    band_matching: wavelength       # how each tile's bands become the model's bands (the first
+                                    #   source sensor's): "wavelength" = nearest centre wavelength
+                                    #   within 60 nm (bands.match_bands: reordered, extra bands
+                                    #   dropped, a missing band is an error before any work);
+                                    #   "position" = file order as is (same band count required)
+    resize_scales: null             # optional list of shortest-edge lengths of pipelines A/B
+                                    #   (default: the authors' sets, made for 512-px tiles)
     published_mean: null            # optional: the stats as printed by the authors, when their
     published_std: null             #   array order differed from the file order (see below)
     notes: ""                       # free text: provenance and unverified choices
@@ -64,6 +71,8 @@ __all__ = ["DGTask", "DG_TASKS", "TrainPipeline", "load_task", "task_names"]
 
 TrainPipeline = Literal["A", "B", "flip", "none"]
 _PIPELINES = ("A", "B", "flip", "none")
+BandMatching = Literal["wavelength", "position"]
+_BAND_MATCHING = ("wavelength", "position")
 IGNORE_INDEX = 255
 
 
@@ -89,6 +98,8 @@ class DGTask:
     source_domains: tuple[str, ...] | None = None
     target_domains: tuple[str, ...] | None = None
     target_group_by: str = "domain"
+    band_matching: BandMatching = "wavelength"
+    resize_scales: tuple[int, ...] | None = None
     published_mean: tuple[float, ...] | None = None
     published_std: tuple[float, ...] | None = None
     notes: str = ""
@@ -131,6 +142,10 @@ class DGTask:
                      f"{list(known.band_names)}")  # fmt: skip
         if self.value_scale <= 0:
             fail("value_scale", f"must be > 0, got {self.value_scale}")
+        if self.band_matching not in _BAND_MATCHING:
+            fail("band_matching", f"must be one of {list(_BAND_MATCHING)}, got {self.band_matching!r}")
+        if self.resize_scales is not None and (not self.resize_scales or any(v <= 0 for v in self.resize_scales)):
+            fail("resize_scales", f"must be null or a non-empty list of positive integers, got {self.resize_scales}")
         if self.train_pipeline not in _PIPELINES:
             fail("train_pipeline", f"must be one of {list(_PIPELINES)}, got {self.train_pipeline!r}")
         for name in ("max_iters", "val_interval", "crop_size", "batch_size", "devices", "eval_batch_size"):
@@ -219,10 +234,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             fail("a list of strings")
         return tuple(v)
 
-    optional_lists = {"source_domains", "target_domains", "published_mean", "published_std"}
+    optional_lists = {"source_domains", "target_domains", "published_mean", "published_std", "resize_scales"}
     if value is None and name in optional_lists:
         return None
-    if name in ("name", "benchmark", "target_group_by", "train_pipeline", "notes"):
+    if name == "resize_scales":
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            fail("a list of integers")
+        return tuple(integer(v) for v in value)
+    if name in ("name", "benchmark", "target_group_by", "train_pipeline", "band_matching", "notes"):
         if not isinstance(value, str):
             fail("a string")
         return value
@@ -398,7 +417,10 @@ DG_TASKS: dict[str, DGTask] = {
             devices=2,
             eval_batch_size=4,
             target_group_by="domain",
-            notes="ISPRS Potsdam R,G,B -> Vaihingen NIR,R,G (stats applied per band position in both). " + _BGR_NOTE,
+            band_matching="position",
+            notes="ISPRS Potsdam R,G,B -> Vaihingen NIR,R,G (stats applied per band position in both): the paper's "
+            "protocol feeds Vaihingen's IRRG where Potsdam's RGB were (band_matching 'position'; Vaihingen has no blue "
+            "band to match by wavelength). " + _BGR_NOTE,
         ),
         DGTask(
             name="openearthmap-europe",

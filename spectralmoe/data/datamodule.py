@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from spectralmoe.bands import SENSORS
+from spectralmoe.bands import SENSORS, BandMismatchError, match_bands
 from spectralmoe.data.benchmarks import DGTask, load_task
 from spectralmoe.data.datasets.prepared import PreparedDataset
 from spectralmoe.data.layout import IGNORE_INDEX, PreparedIndex, TileRecord
@@ -129,6 +129,7 @@ class SeededTransformDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
         sample = self.dataset[index]
+        sample.pop("nodata", None)  # training needs only the mask (nodata pixels are ignore there)
         if self.transform is None:
             return sample
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
@@ -165,7 +166,8 @@ class TargetGroupDataset(Dataset):
 
 class SegCollate:
     """Batch sample dicts: ``image`` [B,C,H,W], ``mask`` [B,H,W], ``wavelengths`` [B,C] stacked;
-    every other key (``domain``, ``group``, ``path``, ``sensor``…) kept as a list.
+    every other key (``domain``, ``group``, ``path``, ``sensor``, ``nodata``…) kept as a list
+    (``None`` for a sample without it).
 
     Whole tiles of one batch normally share one size (the authors' rule, DATA §0.1). When they do
     not, every sample is padded at the bottom/right to the largest height and width of the batch —
@@ -201,7 +203,7 @@ class SegCollate:
         if all("wavelengths" in s for s in samples):
             batch["wavelengths"] = torch.stack([torch.as_tensor(s["wavelengths"]) for s in samples])
         batch["size"] = sizes
-        for key in samples[0]:
+        for key in dict.fromkeys(k for s in samples for k in s):  # keys of any sample (``nodata`` is optional)
             if key not in batch:
                 batch[key] = [s.get(key) for s in samples]
         return batch
@@ -248,6 +250,14 @@ class DGDataModule(L.LightningDataModule):
     ``task``, ``num_classes``, ``classes``, ``palette``, ``wavelengths`` (of the first source
     sensor, float32 ``[C]``), ``pixel_mean``/``pixel_std`` (raw units, file band order),
     ``value_scale``, ``target_domains`` (sorted group names = order of the val/test loaders).
+
+    Bands: every tile — source or target, in training, validation, test and predict — is fed in
+    the MODEL's band order (``model_wavelengths``: the first source sensor's, or the trained
+    model's, set by ``SegmentationTask`` with ``set_model_wavelengths``), its bands matched by
+    wavelength (``bands.match_bands``, the rule ``predict-scene`` uses; the task's
+    ``band_matching``). A B,G,R,NIR target of a NIR,R,G,B model is reordered; a sensor lacking one
+    of the model's bands fails in ``setup`` with the domain, band and wavelength named, before any
+    work. ``band_orders`` shows the chosen file bands (0-based) per sensor.
 
     Args:
         root: prepared benchmark folder (contains ``splits.json``).
@@ -311,6 +321,9 @@ class DGDataModule(L.LightningDataModule):
         self._index: PreparedIndex | None = None
         self.validate = validate
         self.validation: ValidationReport | None = None
+        self._model_wavelengths: tuple[float, ...] | None = None
+        #: sensor name → 0-based file bands fed to the model, in its order (shared with the datasets)
+        self.band_orders: dict[str, list[int]] = {}
         self.train_dataset: SeededTransformDataset | None = None
         self.target_datasets: dict[str, TargetGroupDataset] = {}
         self.train_sampler: EpochSeededSampler | None = None
@@ -365,11 +378,78 @@ class DGDataModule(L.LightningDataModule):
         return self._source_sensor().gsd()
 
     @property
+    def model_wavelengths(self) -> list[float]:
+        """Wavelengths (µm) of the model's input bands, in its order: those set by
+        ``set_model_wavelengths`` (a trained model's), else the first source sensor's."""
+        if self._model_wavelengths is not None:
+            return list(self._model_wavelengths)
+        return [float(w) for w in self.wavelengths.tolist()]
+
+    def set_model_wavelengths(self, wavelengths: Any) -> None:
+        """Feed every tile in the band order of a model with these wavelengths (µm), e.g. a model
+        restored from a checkpoint; re-matches every sensor's bands (errors name the domain)."""
+        waves = tuple(float(w) for w in (wavelengths.tolist() if isinstance(wavelengths, torch.Tensor) else wavelengths))
+        own = tuple(float(w) for w in self.wavelengths.tolist())
+        same = len(waves) == len(own) and all(
+            (a != a and b != b) or abs(a - b) < 1e-6 for a, b in zip(waves, own)  # nan == nan here
+        )
+        self._model_wavelengths = None if same else waves
+        if self._index is not None and self.band_orders:
+            self._match_sensor_bands()
+
+    def _match_sensor_bands(self) -> None:
+        """``band_orders`` for every sensor whose tiles this task reads (updated in place: the
+        datasets hold the same dict)."""
+        index, task = self.index, self.task
+        model = self.model_wavelengths
+        records = [*self._source_records(), *self._target_records()]
+        domains: dict[str, list[str]] = {}
+        for record in records:
+            domains.setdefault(record.sensor, [])
+            if record.domain not in domains[record.sensor]:
+                domains[record.sensor].append(record.domain)
+        orders: dict[str, list[int]] = {}
+        for name, names in domains.items():
+            sensor = index.sensors[name]
+            where = (f"{self.root / 'splits.json'}: domain(s) {names} (sensor {name!r}, bands "
+                     f"{list(sensor.band_names)})")  # fmt: skip
+            if task.band_matching == "position":
+                if sensor.num_bands != len(model):
+                    raise BandMismatchError(
+                        f"{where}: {sensor.num_bands} bands but the model has {len(model)} and task {task.name!r} "
+                        f"feeds bands by position (band_matching: position)"
+                    )
+                orders[name] = list(range(sensor.num_bands))
+            else:
+                orders[name] = match_bands(model, sensor.num_bands, sensor=sensor, where=where)
+        self.band_orders.clear()
+        self.band_orders.update(orders)
+        first = index.sensors.get(task.source_sensors[0])
+        scales = {name: index.sensors[name].value_scale for name in domains}
+        odd = {name: scale for name, scale in scales.items() if first is not None and scale != first.value_scale}
+        if odd and odd != getattr(self, "_warned_scales", None):
+            import warnings
+
+            self._warned_scales = odd
+            details = ", ".join(f"{name!r} ({', '.join(domains[name])}): {scale:g}" for name, scale in odd.items())
+            warnings.warn(
+                f"{self.root / 'splits.json'}: sensors whose value scale (raw value of full brightness) differs from "
+                f"the model's source sensor {first.name!r} ({first.value_scale:g}): {details}. Their raw values are "
+                "fed unchanged, as the paper's protocol does: a different bit depth makes them look darker or "
+                "brighter than anything seen in training.",
+                stacklevel=3,
+            )
+
+    @property
     def target_domains(self) -> list[str]:
         """Names of the target groups, sorted: the order of the val/test loaders."""
         if self.target_datasets:
             return list(self.target_datasets)
         return list(group_target_records(self._target_records(), self.task.target_group_by))
+
+    def _source_records(self) -> list[TileRecord]:
+        domains = self.task.source_domains
+        return self.index.select("source", None if domains is None else list(domains))
 
     def _target_records(self) -> list[TileRecord]:
         domains = self.task.target_domains
@@ -387,7 +467,7 @@ class DGDataModule(L.LightningDataModule):
                 f"{where}: {len(index.classes)} classes {index.classes} but task {task.name!r} has "
                 f"{task.num_classes} {list(task.classes)}"
             )
-        source = index.select("source", None if task.source_domains is None else list(task.source_domains))
+        source = self._source_records()
         if not source:
             raise ValueError(
                 f"{where}: no source tiles for task {task.name!r} (source_domains={task.source_domains}; "
@@ -405,15 +485,17 @@ class DGDataModule(L.LightningDataModule):
                 f"{where}: no target tiles for task {task.name!r} (target_domains={task.target_domains}; "
                 f"target domains present: {index.domains('target')})"
             )
-        # Only the tiles this task reads must fit its normalisation: a prepared root may hold other
-        # sensors for other tasks (the synthetic world holds 4-, 32- and 3-band sensors).
-        for name in sorted({t.sensor for t in [*source, *targets]}):
-            bands = index.sensors[name].num_bands
-            if bands != len(self.pixel_mean):
-                raise ValueError(
-                    f"{where}: sensor {name!r} has {bands} bands {list(index.sensors[name].band_names)} but task "
-                    f"{task.name!r} normalises {len(self.pixel_mean)} bands (field 'mean')"
-                )
+        # The model's bands are the first source sensor's: the task normalises that many. Every sensor
+        # the task reads is matched to them (only those: a prepared root may hold other sensors for
+        # other tasks, e.g. the synthetic world's 32-band OHS).
+        first = task.source_sensors[0]
+        bands = index.sensors[first].num_bands if first in index.sensors else len(self.model_wavelengths)
+        if bands != len(self.pixel_mean):
+            raise ValueError(
+                f"{where}: source sensor {first!r} has {bands} bands but task {task.name!r} normalises "
+                f"{len(self.pixel_mean)} bands (field 'mean')"
+            )
+        self._match_sensor_bands()
 
     def validate_tiles(self) -> ValidationReport:
         """The pre-flight pass over every tile this task reads (``spectralmoe.data.validate``): one error
@@ -422,28 +504,70 @@ class DGDataModule(L.LightningDataModule):
             return self.validation
         index, task = self.index, self.task
         source = index.select("source", None if task.source_domains is None else list(task.source_domains))
-        checks = [TileCheck(self.root / t.image, self.root / t.label, index.sensors[t.sensor].num_bands, split, t.sensor)
+        orders = {name: tuple(order) for name, order in self.band_orders.items()}
+        checks = [TileCheck(self.root / t.image, self.root / t.label, index.sensors[t.sensor].num_bands, split, t.sensor,
+                            orders.get(t.sensor))
                   for split, tiles in (("source", source), ("target", self._target_records())) for t in tiles]  # fmt: skip
         self.validation = validate_tiles(self.root, checks, num_classes=task.num_classes, mean=self.pixel_mean,
                                          std=self.pixel_std)  # fmt: skip
         return self.validation
 
     # -------------------------------------------------------------------------------- setup
+    @property
+    def source_tile_size(self) -> tuple[int, int] | None:
+        """(height, width) of the first source tile (header only), or ``None`` before the index exists."""
+        if not self.root.joinpath("splits.json").is_file():
+            return None
+        records = self._source_records()
+        if not records:
+            return None
+        from spectralmoe.data.io import raster_shape
+
+        _, height, width, _ = raster_shape(self.root / records[0].image)
+        return height, width
+
+    def _check_zoom(self) -> None:
+        """Warn when the training pipeline's zoom does not suit the tiles (the authors' scale sets assume
+        512-px tiles: 128-px tiles would be zoomed 2.4–4.8× before the crop)."""
+        from spectralmoe.data.transforms import PIPELINE_A_SCALES, PIPELINE_B_SCALES
+
+        task = self.task
+        scales = task.resize_scales or {"A": PIPELINE_A_SCALES, "B": PIPELINE_B_SCALES}.get(task.train_pipeline)
+        size = self.source_tile_size
+        if not scales or size is None:
+            return
+        short = min(size)
+        low, high = min(scales) / short, max(scales) / short
+        if low > 1.5 or high < 0.4:
+            import warnings
+
+            warnings.warn(
+                f"task {task.name!r}: training pipeline {task.train_pipeline} resizes the shortest edge of the "
+                f"{short}-px source tiles to {min(scales)}–{max(scales)} px ({low:.1f}–{high:.1f}× zoom) before "
+                f"cropping {task.crop_size} px — its scale set was made for 512-px tiles. Set `resize_scales` "
+                "(and `crop_size`) in the task file; `spectralmoe prepare folder` writes them for its tiles.",
+                stacklevel=3,
+            )
+
     def setup(self, stage: str | None = None) -> None:
         """Build the source training dataset and one evaluation dataset per target group (after the
         pre-flight validation of every tile they hold)."""
         self._check_index()
         if self.validate:
             self.validate_tiles()
+        if stage in (None, "fit"):
+            self._check_zoom()
         task = self.task
         if self.train_dataset is None:
             source = PreparedDataset(
-                self.root, split="source", domains=None if task.source_domains is None else list(task.source_domains)
+                self.root, split="source", domains=None if task.source_domains is None else list(task.source_domains),
+                band_orders=self.band_orders,
             )
             self.train_dataset = SeededTransformDataset(source, self.train_transforms, self.seed)
         if not self.target_datasets:
             target = PreparedDataset(
-                self.root, split="target", domains=None if task.target_domains is None else list(task.target_domains)
+                self.root, split="target", domains=None if task.target_domains is None else list(task.target_domains),
+                band_orders=self.band_orders,
             )
             groups = group_target_records(target.records, task.target_group_by)
             self.target_datasets = {

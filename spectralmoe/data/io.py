@@ -34,6 +34,8 @@ __all__ = [
     "read_image",
     "raster_shape",
     "open_raw",
+    "BandInfo",
+    "read_band_info",
     "PILLOW_SUFFIXES",
     "RASTERIO_SUFFIXES",
 ]
@@ -450,3 +452,77 @@ def raster_shape(path: PathLike, *, where: str | None = None) -> tuple[int, int,
                 return int(src.count), int(src.height), int(src.width), str(src.dtypes[0])
     except (errors.RasterioError, OSError) as error:
         raise RasterReadError(f"{where}: unreadable raster ({error})") from error
+
+
+# ------------------------------------------------------------------------------------- band metadata
+@dataclass(frozen=True)
+class BandInfo:
+    """What a raster says about its bands, in file order: GDAL band descriptions, wavelengths from
+    band metadata (GDAL's ``IMAGERY`` domain ``CENTRAL_WAVELENGTH_UM``, or ENVI's ``wavelength`` +
+    ``wavelength_units``), and GDAL colour interpretations (``red``, ``gray``, ``undefined``…)."""
+
+    descriptions: tuple[str | None, ...]
+    tag_wavelengths_um: tuple[float | None, ...]
+    colour_interpretations: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.descriptions)
+
+    def names(self) -> list[str]:
+        """A name per band: its description, else ``band N`` (1-based, as GDAL counts)."""
+        return [d if d else f"band {i + 1}" for i, d in enumerate(self.descriptions)]
+
+    def wavelengths(self) -> tuple[tuple[float, ...], str] | None:
+        """The bands' centre wavelengths (µm) and where they come from, when the file says so for
+        EVERY band: wavelength metadata, else descriptions naming known bands ("B", "NIR", "B08",
+        "Red", "842 nm": ``bands.wavelengths_from_band_names``); ``None`` otherwise (a partial
+        reading would be a guess). GDAL's colour interpretation is not used: files of false-colour
+        products (NIR,R,G) are routinely tagged RGB."""
+        from spectralmoe.bands import wavelengths_from_band_names
+
+        if self.count and all(w is not None for w in self.tag_wavelengths_um):
+            return tuple(float(w) for w in self.tag_wavelengths_um), "wavelength metadata"  # type: ignore[arg-type]
+        named = wavelengths_from_band_names(list(self.descriptions))
+        if named is not None:
+            return named, "band descriptions " + ",".join(str(d) for d in self.descriptions)
+        return None
+
+
+def _tag_wavelength(tags: dict[str, str], imagery: dict[str, str]) -> float | None:
+    """A band's centre wavelength (µm) from its metadata, or ``None``."""
+    try:
+        if "CENTRAL_WAVELENGTH_UM" in imagery:
+            return float(imagery["CENTRAL_WAVELENGTH_UM"])
+        lower = {k.lower(): v for k, v in tags.items()}
+        if "wavelength" in lower:
+            value = float(lower["wavelength"])
+            units = lower.get("wavelength_units", "").strip().lower()
+            if units.startswith("nano") or units == "nm" or (not units and value > 100.0):
+                value /= 1000.0
+            return value if 0.0 < value < 100.0 else None
+    except ValueError:
+        return None
+    return None
+
+
+def read_band_info(path: PathLike) -> BandInfo:
+    """Band descriptions, metadata wavelengths and colour interpretations of a raster (header only).
+
+    Plain images read with Pillow (PNG, JPEG) describe nothing: every field is empty per band."""
+    path = Path(path)
+    if _suffix(path) in PILLOW_SUFFIXES:
+        count = read_image(path).num_bands
+        return BandInfo((None,) * count, (None,) * count, ("undefined",) * count)
+    rasterio, errors = _rasterio_modules()
+    _check_exists(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", errors.NotGeoreferencedWarning)
+            with rasterio.Env(GDAL_PAM_ENABLED="NO"), open_raw(path, rasterio) as src:
+                descriptions = tuple((d or None) for d in src.descriptions)
+                waves = tuple(_tag_wavelength(src.tags(i), src.tags(i, ns="IMAGERY")) for i in range(1, src.count + 1))
+                interp = tuple(c.name for c in src.colorinterp)
+    except (errors.RasterioError, OSError) as error:
+        raise RasterReadError(f"{path}: unreadable raster ({error})") from error
+    return BandInfo(descriptions, waves, interp)

@@ -11,7 +11,7 @@ OUT/
 Image and label of one tile share ``<relative>`` (mmseg's pairing rule, DATA §0.1). Labels are
 already mapped (``reduce_zero_label``, colour tables, merges) so readers never re-map. Every file is
 written to a temporary name and renamed, so an interrupted run leaves only whole tiles behind and a
-rerun skips them (resumable).
+rerun skips them (resumable). Files follow the user's umask (``spectralmoe.files``).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def _update(running: RunningBandStats, array: np.ndarray, nodata: float | None, 
 
 def format_stats(stats: BandStats, band_names: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
     """A printable table and a JSON-able dict (``mean``/``std`` ready to paste into a config)."""
-    names = list(band_names) if band_names is not None else [f"band{i}" for i in range(len(stats.mean))]
+    names = list(band_names) if band_names is not None else [f"band {i + 1}" for i in range(len(stats.mean))]
     if len(names) != len(stats.mean):
         raise ValueError(f"{len(names)} band names for {len(stats.mean)} bands")
     width = max(len("band"), *(len(n) for n in names))

@@ -548,6 +548,9 @@ def build_train_transforms(
       (cat_max_ratio 0.75) → flip 0.5 → photometric distortion on the R,G,B bands → pad to
       ``crop_size``.
     * ``"B"`` (LoveDA, Potsdam, OpenEarthMap): the same with shortest edge ∈ {256..1024}.
+    * The task's ``resize_scales``, when set, replace either scale set (e.g. for tiles far from
+      512 px, whose zoom the authors' sets would make 2–5×; ``spectralmoe prepare folder`` writes
+      scales proportional to the tile size).
     * ``"flip"`` (WHU-OHS): flip 0.5 only. ``"none"``: identity.
 
     The final pad stands for the authors' batch padding to 512² (after normalisation, with 0):
@@ -561,7 +564,7 @@ def build_train_transforms(
     task = load_task(task) if isinstance(task, str) else task
     pad = task.mean if pad_value is None else pad_value
     if task.train_pipeline in ("A", "B"):
-        scales = PIPELINE_A_SCALES if task.train_pipeline == "A" else PIPELINE_B_SCALES
+        scales = task.resize_scales or (PIPELINE_A_SCALES if task.train_pipeline == "A" else PIPELINE_B_SCALES)
         return Compose(
             [
                 RandomChoiceResize(scales, max_long_edge=1024),

@@ -61,6 +61,8 @@ class TileCheck:
     num_bands: int
     split: str = "source"
     sensor: str = ""
+    #: 0-based file bands fed to the model, in the model's order (None: file order)
+    band_order: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -264,6 +266,16 @@ def _unit_problem(images: list[dict[str, Any]], mean: Sequence[float], std: Sequ
             "undeclared fill values")
 
 
+def _in_model_order(image: dict[str, Any], order: Sequence[int] | None) -> dict[str, Any]:
+    """An image's facts with its sampled band sums in the model's band order (sensors of one task may
+    store their bands in different orders; the statistics are the model's)."""
+    if order is None or "sample" not in image:
+        return image
+    sample = image["sample"]
+    return {**image, "sample": {**sample, "sum": [sample["sum"][b] for b in order],
+                                "sumsq": [sample["sumsq"][b] for b in order]}}  # fmt: skip
+
+
 def validate_tiles(
     root: str | os.PathLike[str],
     checks: Sequence[TileCheck],
@@ -336,7 +348,7 @@ def validate_tiles(
     if source and num_classes is not None and labelled == 0:
         raise DataValidationError(f"{root}: the {len(source)} source tiles hold no labelled pixel (every label is "
                                   f"{IGNORE_INDEX} = ignore or outside the class table): nothing to train on")  # fmt: skip
-    source_images = [facts[str(c.image)] for c in source]
+    source_images = [_in_model_order(facts[str(c.image)], c.band_order) for c in source]
     if source_images and all(f["sample"]["valid"] == 0 for f in source_images):
         raise DataValidationError(f"{root}: the sampled centre of every one of the {len(source)} source images is "
                                   "NaN / nodata: nothing valid to train on")  # fmt: skip
@@ -344,7 +356,7 @@ def validate_tiles(
         problem = _unit_problem(source_images, mean, std, f"{root} source tiles")
         if problem:
             raise DataValidationError(problem)
-        target_images = [facts[str(c.image)] for c in checks if c.split != "source"]
+        target_images = [_in_model_order(facts[str(c.image)], c.band_order) for c in checks if c.split != "source"]
         problem = _unit_problem(target_images, mean, std, f"{root} target tiles")
         if problem:
             notes.append(problem)

@@ -13,6 +13,7 @@ _HOMES = {
     "AtomicCheckpointIO": "callbacks",
     "ExportBest": "callbacks",
     "ExportOnFitEnd": "callbacks",
+    "LastCheckpoint": "callbacks",
     "SegConfusion": "metrics",
     "SegmentationTask": "task",
     "build_param_groups": "optim",

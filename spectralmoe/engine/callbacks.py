@@ -1,4 +1,5 @@
-"""Lightning callbacks that write the trainable-only export (``engine.export``) during a fit.
+"""Lightning callbacks that write the trainable-only export (``engine.export``) during a fit, and the
+checkpoint callback whose ``last.ckpt`` is always the latest weights.
 
 ``ExportOnFitEnd`` writes ``<dir>/export`` when fit ends (the final weights); ``ExportBest`` writes
 ``<dir>/export_best`` whenever a monitored validation metric improves (e.g. ``val/mean/mIoU``),
@@ -14,14 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spectralmoe.engine.export import export_trainable
 from spectralmoe.outputs import sweep_stale, temporary_path
 
-__all__ = ["AtomicCheckpointIO", "ExportBest", "ExportOnFitEnd"]
+__all__ = ["AtomicCheckpointIO", "ExportBest", "ExportOnFitEnd", "LastCheckpoint"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -66,7 +67,24 @@ def _folder(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:
 
 
 def _context(trainer: L.Trainer) -> dict[str, Any]:
-    return {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
+    return {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step), **_training_facts(trainer)}
+
+
+def _training_facts(trainer: L.Trainer) -> dict[str, Any]:
+    """How the model was trained, for the export (``training``): task, tile crop and zoom, band order."""
+    dm = getattr(trainer, "datamodule", None)
+    task = getattr(dm, "task", None)
+    if task is None:
+        return {}
+    from spectralmoe.data.transforms import PIPELINE_A_SCALES, PIPELINE_B_SCALES
+
+    scales = task.resize_scales or {"A": PIPELINE_A_SCALES, "B": PIPELINE_B_SCALES}.get(task.train_pipeline)
+    return {"training": {
+        "task": task.name, "train_pipeline": task.train_pipeline, "crop_size": task.crop_size,
+        "resize_shortest_edge": list(scales) if scales else None, "batch_size": getattr(dm, "batch_size", None),
+        "source_domains": list(task.source_domains) if task.source_domains else None,
+        "band_matching": task.band_matching, "source_tile_size": getattr(dm, "source_tile_size", None),
+    }}  # fmt: skip
 
 
 class ExportOnFitEnd(Callback):
@@ -152,3 +170,33 @@ class ExportBest(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
         self.best_step = state_dict.get("best_step")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest weights.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only at a step where it also wrote a top-k checkpoint: once
+    the monitored metric stops improving, ``last.ckpt`` stays at the best step, and ``test --ckpt_path
+    last.ckpt`` — what a strict DG protocol reports — would silently evaluate the best weights. Here
+    ``last.ckpt`` is rewritten after every validation (and at the end of every epoch when checkpoints
+    follow epochs) and when training ends. Same arguments as ``ModelCheckpoint``.
+    """
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 import spectralmoe
 from spectralmoe.errors import InputError, check_int, check_number, describe
 from spectralmoe.models.dstc import DSTC
+from spectralmoe.files import follow_umask, staging_folder
 from spectralmoe.models.factory import build_segmentor
 from spectralmoe.models.segmentor import Segmentor, check_normalisation
 from spectralmoe.outputs import sweep_stale, temporary_path
@@ -187,14 +188,13 @@ def export_trainable(
         raise FileExistsError(f"{folder}: exists, is not empty and is not a spectralmoe export; choose another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(folder.parent)  # what a killed export left (a retired copy is put back first)
-    staging = temporary_path(folder)
-    staging.mkdir()
+    staging = staging_folder(folder)
     try:
-        os.chmod(staging, 0o755)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": EXPORT_FORMAT})
         for part, frozen in (frozen_models or {}).items():
             frozen.save_pretrained(str(staging / FROZEN_DIR / part))
         (staging / CONFIG_FILE).write_text(text + "\n")
+        follow_umask(staging)
         if folder.exists():
             retired = temporary_path(folder, "old")  # same pid and target: a sweep can finish the swap
             os.replace(folder, retired)

@@ -11,8 +11,9 @@ What happens where:
 
 * ``configure_model``: builds the Segmentor with ``build_segmentor`` (frozen backbone and depth
   model from their pretrained weights, trainable adapter + head).
-* ``training_step``: ``Segmentor.loss`` → head terms + ``loss_aux``; each term and their sum is
-  logged under ``train/``. Before every batch torch's global generator is re-seeded from
+* ``training_step``: ``Segmentor.loss`` → head terms + ``loss_aux``; each term, the head terms'
+  sum (``train/loss_head``) and the total (``train/loss``) are logged under ``train/``; the head
+  and balance losses show on the progress bar. Before every batch torch's global generator is re-seeded from
   (seed, global step, batch index, rank), so the randomness inside a step (Mask2Former's point
   sampling, noisy gating) depends only on where training is — a resumed run continues exactly
   as the uninterrupted one would.
@@ -296,6 +297,8 @@ class SegmentationTask(L.LightningModule):
         self._confusions: list[SegConfusion] = []
         #: The report of the last validation/test epoch (what the JSON file holds).
         self.last_metrics: dict[str, Any] | None = None
+        #: One entry per validation of this process: step, epoch, per-domain and mean mIoU (the fit summary).
+        self.val_history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------ building
     @classmethod
@@ -423,6 +426,10 @@ class SegmentationTask(L.LightningModule):
         hp = self.hparams
         if hp.export is not None:
             self._adopt_export()
+        dm = self._datamodule()
+        if hp.wavelengths is not None and hasattr(dm, "set_model_wavelengths"):
+            dm.set_model_wavelengths(hp.wavelengths)  # feed every tile in THIS model's band order
+        if hp.export is not None:
             self.segmentor = load_exported(hp.export, backbone_weights=hp.backbone_weights,
                                            depth_weights=hp.depth_weights, pretrained=hp.pretrained)  # fmt: skip
             if hp.gradient_checkpointing and hasattr(self.segmentor, "backbone"):
@@ -559,8 +566,11 @@ class SegmentationTask(L.LightningModule):
             )
         batch_size = image.shape[0]
         for name, value in terms.items():
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
-        self.log("train/loss", total.detach(), batch_size=batch_size, prog_bar=True)
+            # the balance loss on the progress bar next to the head loss, not hidden in their sum
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss_aux")
+        head = sum(value.detach() for name, value in terms.items() if name != "loss_aux")
+        self.log("train/loss_head", head, batch_size=batch_size, prog_bar=True)  # type: ignore[arg-type]
+        self.log("train/loss", total.detach(), batch_size=batch_size)
         return total
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -642,6 +652,10 @@ class SegmentationTask(L.LightningModule):
             step=int(self.global_step),
         )  # fmt: skip
         self.last_metrics = report
+        if stage == "val":
+            self.val_history.append({"step": int(self.global_step), "epoch": int(self.current_epoch),
+                                     "domains": {n: report["domains"][n]["mIoU"] for n in names},
+                                     "mean": report["mean"]["mIoU"]})  # fmt: skip
         rows = [(name, report["domains"][name]) for name in names]
         rows += [("mean", report["mean"]), ("pooled", report["pooled"])]
         scalars = {f"{stage}/{scope}/{key}": row[key] for scope, row in rows for key in ("mIoU", "mAcc", "aAcc")}
@@ -679,11 +693,20 @@ class SegmentationTask(L.LightningModule):
         self._finish_eval("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Class maps (``uint8`` up to 256 classes, else ``int32``), one per tile at its stored size."""
+        """Class maps, one per tile at its stored size: ``uint8`` with 255 = nodata up to 255 classes,
+        else ``int32`` with -1 = nodata. Pixels without data in the input (``sample["nodata"]``) are
+        nodata in the map, never a class."""
         classes = self._predict_classes(batch)
-        dtype = torch.uint8 if int(self.hparams.num_classes) <= 256 else torch.int32
+        small = int(self.hparams.num_classes) <= 255
+        dtype, nodata_value = (torch.uint8, 255) if small else (torch.int32, -1)
         sizes: Sequence[Sequence[int]] = batch.get("size") or [classes.shape[-2:]] * classes.shape[0]
-        maps = [c[: int(h), : int(w)].to("cpu", dtype) for c, (h, w) in zip(classes, sizes)]
+        masks = batch.get("nodata") or [None] * classes.shape[0]
+        maps = []
+        for c, (h, w), nodata in zip(classes, sizes, masks):
+            tile = c[: int(h), : int(w)].to("cpu", dtype)
+            if nodata is not None:
+                tile[torch.as_tensor(nodata, dtype=torch.bool)[: int(h), : int(w)]] = nodata_value
+            maps.append(tile)
         return {key: batch.get(key) for key in ("path", "domain", "group")} | {"pred": maps}
 
     # ---------------------------------------------------------------------------- checkpoints

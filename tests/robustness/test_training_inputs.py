@@ -113,8 +113,8 @@ def test_ckpt_of_another_method_than_the_config_asks(capsys, bench):
     torch.save({"state_dict": {}, "hyper_parameters": {"backbone": "tiny-dinov3", "adapter": "rein", "head": "fpn",
                                                         "adapter_options": {"rank": 4}, "num_classes": 12}}, ckpt)  # fmt: skip
     message = refused(run(capsys, *fit_args(root, base), "--model.adapter", "spectralmoe", "--ckpt_path", ckpt),
-                      "rein.ckpt", "adapter: checkpoint 'rein', config 'spectralmoe'")  # fmt: skip
-    assert "head: checkpoint 'fpn', config 'mask2former'" in message and not checkpoints(base)
+                      "rein.ckpt", "--model.adapter: the checkpoint was trained with 'rein', not 'spectralmoe'")  # fmt: skip
+    assert "--model.head: the checkpoint was trained with 'fpn', not 'mask2former'" in message and not checkpoints(base)
 
 
 # ----------------------------------------------------------------------------- non-finite loss

@@ -40,7 +40,7 @@ def viz(capsys, maps, output, *extra):
 
 def test_control_a_fitting_ground_truth_is_scored(capsys, maps, tmp_path):
     result = viz(capsys, maps, tmp_path / "fig.png", "--ground-truth", maps["truth"])
-    assert result.rc == 0 and "overall accuracy 0.8" in result.out
+    assert result.rc == 0 and "overall accuracy 80.1 %" in result.out
 
 
 def test_output_same_as_prediction(capsys, maps, tmp_path):
@@ -107,4 +107,4 @@ def test_missing_ground_truth(capsys, maps, tmp_path):
 
 def test_ground_truth_of_another_size(capsys, maps, tmp_path):
     small = class_map(tmp_path / "small.tif", maps["truth_array"][:50, :50])
-    refused(viz(capsys, maps, tmp_path / "fig.png", "--ground-truth", small), "small.tif", "50x50")
+    refused(viz(capsys, maps, tmp_path / "fig.png", "--ground-truth", small), "small.tif", "50 × 50 px (width × height)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -71,12 +71,17 @@ def load_sample(
     num_classes: int | None,
     label_lookup: np.ndarray | None = None,
     classes_check: bool = True,
+    bands: Sequence[int] | None = None,
 ) -> Sample:
     """Read and validate one image (and label) into the sample dict of DESIGN §2.
 
     ``image`` float32 ``[C, H, W]`` raw values in file band order (no normalisation), ``mask``
     int64 ``[H, W]`` (255 = ignore; absent when ``label_path`` is None), ``domain``, ``sensor``,
-    ``wavelengths`` float32 ``[C]``, ``path``.
+    ``wavelengths`` float32 ``[C]``, ``path``; ``nodata`` bool ``[H, W]`` only when some pixels
+    carry no data (so ``predict`` can write them as nodata, not as a class).
+
+    ``bands`` (0-based, from ``bands.match_bands``) selects and orders the file's bands — the
+    model's band order; ``image`` and ``wavelengths`` then follow it. ``None``: file order.
 
     Invalid pixels — NaN/±inf in any band, the file's nodata value in all bands, or masked by the
     file's own mask band — are masked to
@@ -94,6 +99,9 @@ def load_sample(
             f"{sensor.name!r} has {sensor.num_bands} bands {list(sensor.band_names)} "
             f"(wavelengths µm {list(sensor.wavelengths_um)})"
         )
+    if bands is not None and list(bands) != list(range(array.shape[0])):
+        order = [int(b) for b in bands]
+        array, wavelengths = array[order], wavelengths[order]
     image = array.astype(np.float32)
     invalid = invalid_pixels(array, data.nodata, data.valid)
     if invalid is None and not np.isfinite(image).all():
@@ -107,6 +115,8 @@ def load_sample(
         "wavelengths": wavelengths.clone(),
         "path": str(image_path),
     }
+    if invalid is not None:
+        sample["nodata"] = torch.from_numpy(np.ascontiguousarray(invalid))
     if label_path is None:
         return sample
     label = read_label(label_path)
@@ -158,6 +168,9 @@ class PreparedDataset(Dataset):
         domains: keep only tiles of these domains (``None``: all).
         transform: called on each sample dict (e.g. crops/flips); returns a sample dict.
         classes_check: check label values against the class table on every read.
+        band_orders: per sensor name, the 0-based file bands to feed, in the model's order
+            (``bands.match_bands``; ``DGDataModule`` fills it). Missing sensors: file order. The
+            mapping is read at every item, so an owner may update it in place.
     """
 
     def __init__(
@@ -167,8 +180,10 @@ class PreparedDataset(Dataset):
         domains: Iterable[str] | None = None,
         transform: Callable[[Sample], Sample] | None = None,
         classes_check: bool = True,
+        band_orders: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.band_orders: Mapping[str, Sequence[int]] = band_orders if band_orders is not None else {}
         self.index = PreparedIndex.load(self.root)
         wanted = None if domains is None else list(domains)
         self.records: list[TileRecord] = self.index.select(split, wanted)
@@ -209,6 +224,7 @@ class PreparedDataset(Dataset):
             domain=record.domain,
             num_classes=self.num_classes,
             classes_check=self.classes_check,
+            bands=self.band_orders.get(record.sensor),
         )
         return self.transform(sample) if self.transform is not None else sample
 
