@@ -63,7 +63,8 @@ from torch import nn
 
 from spectralmoe.bands import as_wavelength_list
 from spectralmoe.models.heads.light import IGNORE_INDEX, check_mask
-from spectralmoe.models.segmentor import _exact_patch_embedding, _window_starts
+from spectralmoe.models.backbones.base import exact_patch_embedding
+from spectralmoe.models.segmentor import _window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -487,7 +488,7 @@ class DSTC(nn.Module):
         """Raw image (H, W multiples of ``fold``) → supertoken logits ``[B, S, K]``, supertoken map ``[B, H, W]``."""
         self._check_image(image, wavelengths)
         x = self.normalize(image)
-        with _exact_patch_embedding(image):  # CPU bf16 convolutions can be wrong (segmentor note): fp32 there
+        with exact_patch_embedding(image):  # CPU bf16 convolutions can be wrong (segmentor note): fp32 there
             x = x.float()
             deep, quarter, stem = self.encoder(x)
             features = self.decoder(deep, quarter, stem, x.shape[-2:])

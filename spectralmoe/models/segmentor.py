@@ -22,7 +22,7 @@ from torch import nn
 from spectralmoe.bands import as_wavelength_list, rgb_band_indices
 from spectralmoe.errors import InputError, check_number
 from spectralmoe.models.adapters.base import Adapter
-from spectralmoe.models.backbones.base import FrozenBackbone, refuse_trainable_adapter
+from spectralmoe.models.backbones.base import FrozenBackbone, exact_patch_embedding, refuse_trainable_adapter
 
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # stride 16 tokens → strides 4, 8, 16, 32
 DepthInput = Literal["percentile", "scale", "official"]
@@ -58,19 +58,6 @@ def min_input_size(head: str | nn.Module, batch_size: int = 1) -> int:
     name = head if isinstance(head, str) else type(head).__name__.lower()
     tokens = 4 if "mask2former" in name and batch_size < 2 else 2
     return tokens * TOKEN_STRIDE
-
-
-def _exact_patch_embedding(image: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Run the patch embedding in fp32 under CPU autocast.
-
-    torch 2.13's CPU bfloat16 convolution returns wrong values (relative error ≈ 1, not rounding) for
-    some patchify shapes — e.g. 4 input bands with a 16×16 stride-16 kernel, or 8 bands at 8 or 16 —
-    which silently changed half of a 4-band map. The patch embedding is a small share of the work, so
-    it runs in fp32 on CPU; the blocks keep autocast. GPUs are not affected and keep bf16.
-    """
-    if image.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return torch.autocast("cpu", enabled=False)
-    return contextlib.nullcontext()
 
 
 class Segmentor(nn.Module):
@@ -200,7 +187,7 @@ class Segmentor(nn.Module):
         maps_by_layer: dict[int, torch.Tensor] = {}
         aux_losses: list[torch.Tensor] = []
         with grad_context:
-            with _exact_patch_embedding(image):
+            with exact_patch_embedding(image):
                 tokens, grid = self.backbone.embed(self.normalize(image), wavelengths)
             self.adapter.set_grid(grid)
             for layer in range(self.backbone.num_layers):

@@ -8,8 +8,9 @@ mode, but gradients flow through it to adapters of earlier layers.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +20,19 @@ from torch.utils.checkpoint import checkpoint
 def default_out_indices(num_layers: int) -> tuple[int, ...]:
     """[7, 11, 15, 23] for 24 layers, scaled proportionally for other depths (0-based)."""
     return tuple(max(0, round((i + 1) * num_layers / 24) - 1) for i in (7, 11, 15, 23))
+
+
+def exact_patch_embedding(image: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Run a patch embedding in fp32 under CPU autocast.
+
+    torch 2.13's CPU bfloat16 convolution returns wrong values (relative error ≈ 1, not rounding) for
+    some patchify shapes — e.g. 4 input bands with a 16×16 stride-16 kernel, or 8 bands at 8 or 16 —
+    which silently changed half of a 4-band map. The patch embedding is a small share of the work, so
+    it runs in fp32 on CPU; the blocks keep autocast. GPUs are not affected and keep bf16.
+    """
+    if image.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
 
 
 class FrozenBackbone(nn.Module, ABC):
@@ -66,6 +80,20 @@ class FrozenBackbone(nn.Module, ABC):
         if self.gradient_checkpointing and torch.is_grad_enabled() and tokens.requires_grad:
             return checkpoint(self._block_forward, index, tokens, grid, use_reentrant=False)
         return self._block_forward(index, tokens, grid)
+
+    def forward(
+        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None, **embed_kwargs: Any
+    ) -> list[torch.Tensor]:
+        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter): one per
+        entry, repeats included. ``embed_kwargs`` go to ``embed`` (Copernicus-FM's ``metadata``)."""
+        with exact_patch_embedding(image):
+            tokens, grid = self.embed(image, wavelengths, **embed_kwargs)
+        maps: dict[int, torch.Tensor] = {}
+        for index in range(max(self.out_indices) + 1):
+            tokens = self.run_block(index, tokens, grid)
+            if index in self.out_indices:
+                maps[index] = self.tokens_to_map(tokens, grid)
+        return [maps[index] for index in self.out_indices]
 
     def tokens_to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Patch tokens of ``[B, P+N, D]`` → feature map ``[B, D, h, w]``."""

@@ -17,13 +17,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "FamilyConfig",
     "sincos_embedding_1d",
     "sincos_embedding_2d",
     "resample_pos_embed",
@@ -50,6 +52,26 @@ __all__ = [
     "save_folder",
     "read_folder",
 ]
+
+
+class FamilyConfig:
+    """Base of the written families' size dataclasses: ``to_dict`` / ``from_dict`` of their
+    ``config.json``, refusing unknown keys so that a typo in a config file does not pass silently."""
+
+    #: the family's name in error messages
+    family_label: ClassVar[str] = "backbone"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        """Build from a dict (config.json); ``model_type`` (our folder format's tag) is ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known - {"model_type"})
+        if unknown:
+            raise ValueError(f"unknown {cls.family_label} config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ from torch import nn
 from spectralmoe.bands import as_wavelength_list, default_bandwidths_um
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
 from spectralmoe.models.backbones.common import (
+    FamilyConfig,
     HypernetworkPatchEmbedding,
     PreNormBlock,
     check_out_indices,
@@ -87,13 +88,15 @@ TIME_RANGE_DAYS = (1.0, 365.25)
 
 
 @dataclass(frozen=True)
-class CopernicusFMConfig:
+class CopernicusFMConfig(FamilyConfig):
     """Sizes of a Copernicus-FM model. Defaults: the released ViT-B/16.
 
     ``img_size`` sets the stored position grid (img_size / patch_size squared). ``wave_dim`` … ``kernel_scale``
     size the hypernetwork as in DOFA. ``variable_path`` builds the (unused) language hypernetwork, so
     that the model holds every tensor of the released file.
     """
+
+    family_label: ClassVar[str] = "Copernicus-FM"
 
     embed_dim: int = 768
     depth: int = 12
@@ -126,17 +129,6 @@ class CopernicusFMConfig:
     def pos_grid(self) -> int:
         return self.img_size // self.patch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CopernicusFMConfig":
-        """Build from a dict (config.json), rejecting unknown keys so that typos do not pass silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"model_type"})
-        if unknown:
-            raise ValueError(f"unknown Copernicus-FM config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
     def hypernetwork_sizes(self) -> dict[str, Any]:
         return dict(embed_dim=self.embed_dim, patch_size=self.patch_size, wave_dim=self.wave_dim,
@@ -449,21 +441,6 @@ class CopernicusFMBackbone(FrozenBackbone):
     def _block_forward(self, index: int, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return self.model.blocks[index](tokens)
 
-    def forward(
-        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None,
-        metadata: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:  # fmt: skip
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        from spectralmoe.models.segmentor import _exact_patch_embedding  # torch's CPU bf16 patchify bug
-
-        with _exact_patch_embedding(image):
-            tokens, grid = self.embed(image, wavelengths, metadata)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` (original key names) and ``config.json``."""

@@ -62,7 +62,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -70,6 +70,7 @@ from torch import nn
 from spectralmoe.bands import as_wavelength_list
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
 from spectralmoe.models.backbones.common import (  # noqa: F401 - sin-cos helpers re-exported for older imports
+    FamilyConfig,
     HypernetworkPatchEmbedding,
     PreNormAttention,
     PreNormBlock,
@@ -109,7 +110,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DOFAConfig:
+class DOFAConfig(FamilyConfig):
     """All sizes of a DOFA model. Defaults are DOFA-L/16 as released.
 
     ``img_size`` only sets the grid of the stored position-embedding table (img_size / patch_size
@@ -117,6 +118,8 @@ class DOFAConfig:
     ``generator_*`` size the wavelength-conditioned kernel generator (128, 128, 4 heads, FFN 2048 in
     the original). ``legacy_kernel_layout`` reproduces the March-2024 weights' band-mixing reshape.
     """
+
+    family_label: ClassVar[str] = "DOFA"
 
     embed_dim: int = 1024
     depth: int = 24
@@ -151,17 +154,6 @@ class DOFAConfig:
         """Side of the stored square position-embedding grid."""
         return self.img_size // self.patch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DOFAConfig":
-        """Build from a dict (config.json), rejecting unknown keys so that typos do not pass silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"model_type"})
-        if unknown:
-            raise ValueError(f"unknown DOFA config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 DOFA_CONFIGS: dict[str, DOFAConfig] = {
@@ -390,17 +382,6 @@ class DOFABackbone(FrozenBackbone):
         """Block ``index`` on ``[B, P' + N, D]`` tokens; prompts after the cls token are just more tokens."""
         return self.model.blocks[index](tokens)
 
-    def forward(
-        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
-    ) -> list[torch.Tensor]:
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        tokens, grid = self.embed(image, wavelengths)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]  # one per entry, repeats included
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` (official key names) and ``config.json`` for ``build_dofa_backbone``."""

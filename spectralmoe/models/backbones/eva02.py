@@ -51,7 +51,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ from torch import nn
 from spectralmoe.bands import RGB_TARGETS_UM, as_wavelength_list
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
 from spectralmoe.models.backbones.common import (
+    FamilyConfig,
     check_out_indices,
     drop_keys,
     locate_weights,
@@ -90,7 +91,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class EVA02Config:
+class EVA02Config(FamilyConfig):
     """Sizes of an EVA-02 model. Defaults: EVA02-L/16 as in the ``p14to16`` checkpoints.
 
     ``patch_size`` is the kernel the model runs with (16; timm's 14×14 kernels are resized on load).
@@ -98,6 +99,8 @@ class EVA02Config:
     grid, hence 256 at patch 16). ``rope_pt_grid`` is EVA's ``pt_hw_seq_len``; ``in_chans`` the
     channels of the stored patch kernel (3, or the band count of a saved band-adapted model).
     """
+
+    family_label: ClassVar[str] = "EVA02"
 
     embed_dim: int = 1024
     depth: int = 24
@@ -131,17 +134,6 @@ class EVA02Config:
     def pos_grid(self) -> int:
         return self.img_size // self.patch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EVA02Config":
-        """Build from a dict (config.json), rejecting unknown keys so that typos do not pass silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"model_type"})
-        if unknown:
-            raise ValueError(f"unknown EVA02 config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 EVA02_CONFIGS: dict[str, EVA02Config] = {
@@ -454,20 +446,6 @@ class EVA02Backbone(FrozenBackbone):
         """The model's final LayerNorm (loaded, not used by the segmentor)."""
         return self.model.norm(tokens)
 
-    def forward(
-        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
-    ) -> list[torch.Tensor]:
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        from spectralmoe.models.segmentor import _exact_patch_embedding  # torch's CPU bf16 patchify bug
-
-        with _exact_patch_embedding(image):
-            tokens, grid = self.embed(image, wavelengths)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` (original key names) and ``config.json`` for ``build_eva02_backbone``."""

@@ -58,7 +58,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ from torch import nn
 
 from spectralmoe.bands import DEFAULT_GSD_M, SENTINEL2_BANDS, as_wavelength_list, wavelength_distance
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
-from spectralmoe.models.backbones.common import sincos_embedding_1d
+from spectralmoe.models.backbones.common import FamilyConfig, sincos_embedding_1d
 from spectralmoe.models.patch_embed import resize_patch_kernel
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,10 @@ Normalization = Literal["dataset", "sentinel2"]
 
 
 @dataclass(frozen=True)
-class GalileoConfig:
+class GalileoConfig(FamilyConfig):
     """Sizes of a Galileo encoder (``config/models/<size>.json``, ``model.encoder``)."""
+
+    family_label: ClassVar[str] = "Galileo"
 
     embed_dim: int = 768
     depth: int = 12
@@ -438,15 +440,6 @@ class GalileoBackbone(FrozenBackbone):
         pool = 16 // self.token_patch_size
         return F.avg_pool2d(maps, pool) if pool > 1 else maps
 
-    def forward(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None):
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices``."""
-        tokens, grid = self.embed(image, wavelengths)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]
 
 
 # --------------------------------------------------------------------------------------------------

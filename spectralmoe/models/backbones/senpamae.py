@@ -48,7 +48,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from torch import nn
 
 from spectralmoe.bands import DEFAULT_GSD_M, as_wavelength_list, default_bandwidths_um
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
-from spectralmoe.models.backbones.common import resample_pos_embed
+from spectralmoe.models.backbones.common import FamilyConfig, resample_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ RESPONSE_SAMPLES = RESPONSE_GRID_NM[1] - RESPONSE_GRID_NM[0] + 1
 
 
 @dataclass(frozen=True)
-class SenPaMAEConfig:
+class SenPaMAEConfig(FamilyConfig):
     """Sizes of a SenPa-MAE encoder (``src/configs/pretrain/senpamae_*.yaml``)."""
+
+    family_label: ClassVar[str] = "SenPa-MAE"
 
     embed_dim: int = 768
     depth: int = 12
@@ -320,15 +322,6 @@ class SenPaMAEBackbone(FrozenBackbone):
         bands = tokens.shape[1] // (h * w)
         return self.model.norm(tokens).view(tokens.shape[0], bands, h, w, -1).mean(1).permute(0, 3, 1, 2)
 
-    def forward(self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None):
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices``."""
-        tokens, grid = self.embed(image, wavelengths)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]
 
 
 def _same(a: Sequence[float], b: Sequence[float]) -> bool:

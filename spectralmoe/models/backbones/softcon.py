@@ -49,14 +49,21 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 from spectralmoe.bands import SENTINEL2_BANDS, as_wavelength_list, default_bandwidths_um, wavelength_distance
-from spectralmoe.models.backbones.common import locate_weights, read_folder, read_state_file, save_folder, strict_load
+from spectralmoe.models.backbones.common import (
+    FamilyConfig,
+    locate_weights,
+    read_folder,
+    read_state_file,
+    save_folder,
+    strict_load,
+)
 from spectralmoe.models.backbones.hf_vit import EFFECTIVE_PATCH_SIZE, DINOv2Backbone, KernelResize
 from spectralmoe.models.patch_embed import resize_patch_kernel
 
@@ -80,12 +87,14 @@ FILL_VALUE = 0.5
 
 
 @dataclass(frozen=True)
-class SoftConConfig:
+class SoftConConfig(FamilyConfig):
     """Sizes of a SoftCon ViT (DINOv2 ``vit_small`` / ``vit_base``). Defaults: ViT-B/14, 13 bands.
 
     ``patch_size`` is the stored kernel's size (14 as released; 16 in our saved folders, where the
     kernel was resized). ``img_size / patch_size`` is the side of the position table (16).
     """
+
+    family_label: ClassVar[str] = "SoftCon"
 
     embed_dim: int = 768
     depth: int = 12
@@ -113,17 +122,6 @@ class SoftConConfig:
     def slot_names(self) -> tuple[str, ...]:
         return tuple(b.name for b in SENTINEL2_BANDS) if self.modality == "multispectral" else SENTINEL1_SLOTS
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SoftConConfig":
-        """Build from a dict (config.json), rejecting unknown keys so that typos do not pass silently."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - {"model_type"})
-        if unknown:
-            raise ValueError(f"unknown SoftCon config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
     def hf_config(self) -> Dinov2Config:
         """The transformers config of the same architecture."""
@@ -308,20 +306,6 @@ class SoftConBackbone(DINOv2Backbone):
         grid = self._check_input(image, wavelengths)
         return self.model.embeddings(self.slot_image(image.to(self._input_dtype()), wavelengths)), grid
 
-    def forward(
-        self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None = None
-    ) -> list[torch.Tensor]:
-        """Feature maps ``[B, D, H/16, W/16]`` after the blocks in ``out_indices`` (no adapter)."""
-        from spectralmoe.models.segmentor import _exact_patch_embedding  # torch's CPU bf16 patchify bug
-
-        with _exact_patch_embedding(image):
-            tokens, grid = self.embed(image, wavelengths)
-        maps: dict[int, torch.Tensor] = {}
-        for index in range(max(self.out_indices) + 1):
-            tokens = self.run_block(index, tokens, grid)
-            if index in self.out_indices:
-                maps[index] = self.tokens_to_map(tokens, grid)
-        return [maps[index] for index in self.out_indices]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the model as it runs (16×16 kernel, so ``patch_size`` 16) in our folder format."""
