@@ -64,7 +64,7 @@ from torch import nn
 from spectralmoe.bands import as_wavelength_list
 from spectralmoe.models.heads.light import IGNORE_INDEX, check_mask
 from spectralmoe.models.backbones.base import exact_patch_embedding
-from spectralmoe.models.segmentor import _window_starts
+from spectralmoe.models.segmentor import sliding_window_logits
 
 logger = logging.getLogger(__name__)
 
@@ -543,21 +543,7 @@ class DSTC(nn.Module):
             return self._whole_logits(image)
         if mode != "slide":
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        stride = stride or max(1, (2 * crop) // 3)
-        if not 0 < stride <= crop:
-            raise ValueError(f"stride must be in (0, crop={crop}], got {stride}")
-        height, width = image.shape[-2:]
-        windows = [(t, l) for t in _window_starts(height, crop, stride) for l in _window_starts(width, crop, stride)]
-        scores = image.new_zeros(image.shape[0], self.num_classes, height, width, dtype=torch.float32)
-        counts = image.new_zeros(1, 1, height, width, dtype=torch.float32)
-        for t, l in windows:
-            counts[..., t:t + crop, l:l + crop] += 1
-        for start in range(0, image.shape[0], batch_size):
-            chunk = image[start:start + batch_size]
-            for t, l in windows:
-                logits = self._whole_logits(chunk[..., t:t + crop, l:l + crop])
-                scores[start:start + batch_size, :, t:t + logits.shape[-2], l:l + logits.shape[-1]] += logits
-        return scores / counts
+        return sliding_window_logits(image, self._whole_logits, crop=crop, stride=stride, batch_size=batch_size)
 
     def _whole_logits(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]

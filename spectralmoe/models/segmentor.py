@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -250,29 +250,8 @@ class Segmentor(nn.Module):
             return self._whole_logits(image, wavelengths, pad)
         if mode != "slide":
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        stride = stride or max(1, (2 * crop) // 3)
-        if not 0 < stride <= crop:
-            raise ValueError(f"stride must be in (0, crop={crop}], got {stride}")
-        height, width = image.shape[-2:]
-        tops = _window_starts(height, crop, stride)
-        lefts = _window_starts(width, crop, stride)
-        scores: torch.Tensor | None = None
-        counts = image.new_zeros(1, 1, height, width)
-        windows = [(t, l) for t in tops for l in lefts]
-        for b in range(image.shape[0]):
-            for start in range(0, len(windows), batch_size):
-                chunk = windows[start:start + batch_size]
-                crops = torch.cat([image[b:b + 1, :, t:t + crop, l:l + crop] for t, l in chunk])
-                logits = self._whole_logits(crops, wavelengths, pad)
-                if scores is None:
-                    scores = image.new_zeros(image.shape[0], logits.shape[1], height, width)
-                for (t, l), window_logits in zip(chunk, logits):
-                    h, w = window_logits.shape[-2:]
-                    scores[b, :, t:t + h, l:l + w] += window_logits
-                    if b == 0:
-                        counts[0, 0, t:t + h, l:l + w] += 1
-        assert scores is not None
-        return scores / counts
+        return sliding_window_logits(image, lambda crops: self._whole_logits(crops, wavelengths, pad), crop=crop,
+                                     stride=stride, batch_size=batch_size)  # fmt: skip
 
     def _whole_logits(
         self, image: torch.Tensor, wavelengths: torch.Tensor | Sequence[float] | None, pad: bool = True
@@ -293,6 +272,35 @@ class Segmentor(nn.Module):
         predictions, _ = self(image, wavelengths)
         logits = self.head.logits(predictions, (height + pad_h, width + pad_w))
         return logits[..., :height, :width]
+
+
+def sliding_window_logits(
+    image: torch.Tensor, whole_logits: Callable[[torch.Tensor], torch.Tensor], *, crop: int, stride: int | None,
+    batch_size: int,
+) -> torch.Tensor:
+    """Scores ``[B, K, H, W]`` averaged over ``crop``-sized windows every ``stride`` pixels (default 2/3
+    of the crop; the last window flush with the edge); ``whole_logits`` scores a batch of windows.
+    Windows of one image run ``batch_size`` at a time."""
+    stride = stride or max(1, (2 * crop) // 3)
+    if not 0 < stride <= crop:
+        raise ValueError(f"stride must be in (0, crop={crop}], got {stride}")
+    height, width = image.shape[-2:]
+    windows = [(t, l) for t in _window_starts(height, crop, stride) for l in _window_starts(width, crop, stride)]
+    scores: torch.Tensor | None = None
+    counts = image.new_zeros(1, 1, height, width, dtype=torch.float32)
+    for b in range(image.shape[0]):
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            logits = whole_logits(torch.cat([image[b:b + 1, :, t:t + crop, l:l + crop] for t, l in chunk]))
+            if scores is None:
+                scores = image.new_zeros(image.shape[0], logits.shape[1], height, width, dtype=torch.float32)
+            for (t, l), window_logits in zip(chunk, logits):
+                h, w = window_logits.shape[-2:]
+                scores[b, :, t:t + h, l:l + w] += window_logits.float()
+                if b == 0:
+                    counts[0, 0, t:t + h, l:l + w] += 1
+    assert scores is not None
+    return scores / counts
 
 
 def _window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -33,6 +33,7 @@ from torch import nn
 
 __all__ = [
     "FamilyConfig",
+    "read_family_folder",
     "sincos_embedding_1d",
     "sincos_embedding_2d",
     "resample_pos_embed",
@@ -460,6 +461,23 @@ def read_folder(folder: Path, model_type: str) -> tuple[dict[str, Any], dict[str
     # rounding (outputs then differ from the saved model's in the last bits) and pins the file open.
     state = {k: v.clone() for k, v in load_file(str(weights_file), device="cpu").items()}
     return values, state
+
+
+def read_family_folder(folder: Path, model_type: str, config: FamilyConfig, preset: str | None,
+                       sizes: Sequence[str] = ("embed_dim", "depth", "num_heads")) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Our folder format → (the saved config, state dict). Loaded for a named preset, the saved sizes
+    must be the preset's: weights of another size would make its out_indices and documentation wrong."""
+    values, state = read_folder(folder, model_type)
+    saved = type(config).from_dict(values)
+    if preset is not None:
+        differ = [k for k in sizes if getattr(saved, k) != getattr(config, k)]
+        if differ:
+            raise ValueError(
+                f"{folder}: its config.json has {', '.join(f'{k}={getattr(saved, k)}' for k in differ)} but "
+                f"preset {preset!r} has {', '.join(f'{k}={getattr(config, k)}' for k in differ)}; choose the "
+                "preset that matches the weights"
+            )
+    return saved, state
 
 
 def locate_weights(

@@ -58,7 +58,7 @@ from spectralmoe.models.backbones.common import (
     drop_keys,
     fourier_expansion,
     locate_weights,
-    read_folder,
+    read_family_folder,
     read_state_file,
     resample_pos_embed,
     save_folder,
@@ -496,17 +496,7 @@ def build_copernicusfm_backbone(
         pattern = _IGNORED_KEY_PATTERN if config.variable_path else _IGNORED_WITH_VARIABLE
         state = drop_keys(read_state_file(where), pattern)
     else:
-        values, state = read_folder(Path(where), "copernicusfm")
-        saved = CopernicusFMConfig.from_dict(values)
-        if preset is not None:
-            differ = [k for k in ("embed_dim", "depth", "num_heads") if getattr(saved, k) != getattr(config, k)]
-            if differ:
-                raise ValueError(
-                    f"{source}: its config.json has {', '.join(f'{k}={getattr(saved, k)}' for k in differ)} but "
-                    f"preset {preset!r} has {', '.join(f'{k}={getattr(config, k)}' for k in differ)}; choose the "
-                    "preset that matches the weights"
-                )
-        config = saved
+        config, state = read_family_folder(Path(where), "copernicusfm", config, preset)
     pos = state.get("pos_embed")
     if pos is not None and pos.ndim == 3 and pos.shape[1] != 1 + config.pos_grid**2:
         side = math.isqrt(pos.shape[1] - 1)

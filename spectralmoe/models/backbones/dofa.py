@@ -79,7 +79,7 @@ from spectralmoe.models.backbones.common import (  # noqa: F401 - sin-cos helper
     WavelengthWeightGenerator,
     drop_keys,
     locate_weights,
-    read_folder,
+    read_family_folder,
     read_state_file,
     resample_pos_embed,
     save_folder,
@@ -449,17 +449,7 @@ def build_dofa_backbone(
     if kind == "official":
         state = load_official_state_dict(where)
     else:
-        values, state = read_folder(Path(where), "dofa")
-        saved_config = DOFAConfig.from_dict(values)
-        if preset is not None:
-            differ = [k for k in ("embed_dim", "depth", "num_heads") if getattr(saved_config, k) != getattr(config, k)]
-            if differ:
-                raise ValueError(
-                    f"{source}: its config.json has {', '.join(f'{k}={getattr(saved_config, k)}' for k in differ)} "
-                    f"but preset {preset!r} has {', '.join(f'{k}={getattr(config, k)}' for k in differ)}; choose the "
-                    "preset that matches the weights"
-                )
-        config = saved_config
+        config, state = read_family_folder(Path(where), "dofa", config, preset)
     config = _config_for_state_dict(config, state, source)
     with torch.device("meta"):  # no random init of 300 M parameters that are overwritten anyway
         backbone = DOFABackbone(config, **kwargs)

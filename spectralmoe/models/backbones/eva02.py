@@ -64,7 +64,7 @@ from spectralmoe.models.backbones.common import (
     check_out_indices,
     drop_keys,
     locate_weights,
-    read_folder,
+    read_family_folder,
     read_state_file,
     resample_pos_embed,
     save_folder,
@@ -565,17 +565,7 @@ def build_eva02_backbone(
     if kind == "official":
         state = convert_eva02_state_dict(read_state_file(where), source, config)
     else:
-        values, state = read_folder(Path(where), "eva02")
-        saved = EVA02Config.from_dict(values)
-        if preset is not None:
-            differ = [k for k in ("embed_dim", "depth", "num_heads") if getattr(saved, k) != getattr(config, k)]
-            if differ:
-                raise ValueError(
-                    f"{source}: its config.json has {', '.join(f'{k}={getattr(saved, k)}' for k in differ)} but "
-                    f"preset {preset!r} has {', '.join(f'{k}={getattr(config, k)}' for k in differ)}; choose the "
-                    "preset that matches the weights"
-                )
-        config = saved
+        config, state = read_family_folder(Path(where), "eva02", config, preset)
     config = _config_for_state_dict(config, state, source)
     _resize_kernel_in_state(state, config.patch_size, kernel_resize)
     with torch.device("meta"):  # no random init of 300 M parameters that are overwritten anyway

@@ -59,7 +59,7 @@ from spectralmoe.bands import SENTINEL2_BANDS, as_wavelength_list, default_bandw
 from spectralmoe.models.backbones.common import (
     FamilyConfig,
     locate_weights,
-    read_folder,
+    read_family_folder,
     read_state_file,
     save_folder,
     strict_load,
@@ -416,18 +416,8 @@ def build_softcon_backbone(
     if kind == "official":
         state = convert_softcon_state_dict(read_state_file(where), source)
     else:
-        values, state = read_folder(Path(where), "softcon")
-        saved = SoftConConfig.from_dict(values)
-        if preset is not None:
-            differ = [k for k in ("embed_dim", "depth", "num_heads", "modality")
-                      if getattr(saved, k) != getattr(config, k)]  # fmt: skip
-            if differ:
-                raise ValueError(
-                    f"{source}: its config.json has {', '.join(f'{k}={getattr(saved, k)}' for k in differ)} but "
-                    f"preset {preset!r} has {', '.join(f'{k}={getattr(config, k)}' for k in differ)}; choose the "
-                    "preset that matches the weights"
-                )
-        config = saved
+        config, state = read_family_folder(Path(where), "softcon", config, preset,
+                                           ("embed_dim", "depth", "num_heads", "modality"))  # fmt: skip
     config = _config_for_state_dict(config, state, source)
     with torch.device("meta"):
         model = Dinov2Model(config.hf_config())
