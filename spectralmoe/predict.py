@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from spectralmoe.bands import DEFAULT_RGB_TOLERANCE_UM, as_wavelength_list, get_sensor, wavelength_distance
+from spectralmoe.data.prefetch import BackgroundReader
 from spectralmoe.viz import CLASS_NAMES_TAG, NODATA_CLASS, default_palette, routing_palette, write_preview
 
 __all__ = [
@@ -441,6 +442,7 @@ def predict_scene(
     progress: bool = True,
     band_tolerance_um: float = BAND_TOLERANCE_UM,
     gdal_cache_mb: int = GDAL_CACHE_MB,
+    read_ahead: int = 2,
 ) -> PredictionSummary:
     """Segment a whole raster and write a georeferenced class map (see the module docstring for the
     tiling, blending and the memory bound).
@@ -471,6 +473,8 @@ def predict_scene(
         band_tolerance_um: how far an input band may be from a model band's wavelength.
         gdal_cache_mb: GDAL's block cache while reading the input and writing the outputs (part of the
             memory bound; larger only helps inputs with blocks much taller than the tile overlap).
+        read_ahead: batches of tiles read ahead by a background thread while the model runs (0: read
+            in turn); each costs one batch of float32 tiles in memory.
 
     Returns:
         A ``PredictionSummary``.
@@ -485,6 +489,8 @@ def predict_scene(
         raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if read_ahead < 0:
+        raise ValueError(f"read_ahead must be >= 0, got {read_ahead}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     targets = {"output": output}
@@ -530,7 +536,7 @@ def predict_scene(
     summary_counts, skipped, nodata_pixels, tiles, tile_seconds = _run(
         model, source, input_path, targets, bands, tile=tile, overlap=overlap, batch_size=batch_size,
         device=run_device, precision=precision, routing_layer=layer, overviews=overviews, progress=progress,
-        gdal_cache_mb=gdal_cache_mb,
+        gdal_cache_mb=gdal_cache_mb, read_ahead=read_ahead,
         provenance={"checkpoint": source.describe(), "input": str(input_path), "tile": tile, "overlap": overlap,
                     "bands_used": [b + 1 for b in bands], "precision": precision},
     )  # fmt: skip
@@ -576,6 +582,7 @@ def _run(
     model: Any, source: ModelSource, input_path: Path, targets: dict[str, Path], bands: list[int], *,
     tile: int, overlap: int, batch_size: int, device: torch.device, precision: Precision,
     routing_layer: int | None, overviews: bool, progress: bool, gdal_cache_mb: int, provenance: dict[str, Any],
+    read_ahead: int = 2,
 ) -> tuple[np.ndarray, int, int, int, float]:  # fmt: skip
     """The strip loop; returns (class pixel counts, skipped tiles, nodata pixels, tiles, loop seconds)."""
     import rasterio
@@ -671,8 +678,9 @@ def _run(
             stack.callback(bar.close)
             patch = int(model.backbone.patch_size)
             loop_started = time.perf_counter()
-            for batch in _batches(plan, batch_size):
-                loaded = [read(t) for t in batch]
+            # The next batches are read in a background thread while the model runs on this one.
+            reader = BackgroundReader(_batches(plan, batch_size), lambda tiles: [read(t) for t in tiles], read_ahead)
+            for batch, loaded in stack.enter_context(reader):
                 live = [i for i, (_, bad) in enumerate(loaded) if not bad.all()]
                 probs_np = route_np = None
                 if live:
