@@ -121,8 +121,8 @@ def build_training_step(
     optimizer = build_adamw(build_param_groups(model, 0.05), lr=1e-4, fused=fused)
     bands = len(get_sensor(sensor).wavelengths_um)
     generator = torch.Generator().manual_seed(seed + 1)
-    image = (torch.rand(batch, bands, size, size, generator=generator) * 255.0).to(device)
-    mask = torch.randint(0, num_classes, (batch, size, size), generator=generator).to(device)
+    image = (torch.rand(batch, bands, size, size, generator=generator, device="cpu") * 255.0).to(device)
+    mask = torch.randint(0, num_classes, (batch, size, size), generator=generator, device="cpu").to(device)
     autocast = dtype == "bf16"
 
     def step() -> torch.Tensor:
