@@ -1,5 +1,7 @@
 """The speed benchmark scripts run (tiny sizes, CPU) and report what they claim, so they cannot rot:
-benchmarks/gpu_suite.py --tiny (all five parts), adapter_speed.py --reference, train_step.py."""
+benchmarks/gpu_suite.py --tiny (all five parts), adapter_speed.py --reference, train_step.py,
+predict_read_ahead.py. The GPU suite's test is the slow one of this file (~20–50 s on 2 cores): it is
+the only check of that script before a GPU machine runs it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import adapter_speed  # noqa: E402
 import gpu_suite  # noqa: E402
+import predict_read_ahead  # noqa: E402
 import train_step  # noqa: E402
 from common import MethodSpec  # noqa: E402
 
@@ -93,3 +96,10 @@ def test_method_spec_parsing():
     assert spec.adapter == "spectralmoe" and spec.options == {"dispatch": "dense", "use_depth": False, "top_k": 2}
     with pytest.raises(ValueError, match="key=value"):
         MethodSpec.parse("rein:rank")
+
+
+def test_predict_read_ahead_reports_both_settings(tmp_path):
+    result = predict_read_ahead.main(["--size", "160", "--tile", "64", "--overlap", "16", "--batch-size", "2",
+                                      "--rounds", "1", "--workdir", str(tmp_path)])  # fmt: skip
+    assert result["tiles"] == 9 and result["read_ahead=0"]["speedup_vs_first"] == 1.0
+    assert result["read_ahead=2"]["tiles_per_s_median"] > 0
