@@ -91,7 +91,8 @@ def breakdown(entry: Any, device: torch.device, repeats: int) -> dict[str, float
     for _ in range(repeats):
         timer = _PartTimer(device)
         timer.watch("depth_model_forward", getattr(model, "depth_encoder", None))
-        timer.watch("adapter_forward", model.adapter if any(p.requires_grad for p in model.adapter.parameters()) else None)
+        adapter_trains = any(p.requires_grad for p in model.adapter.parameters())
+        timer.watch("adapter_forward", model.adapter if adapter_trains else None)
         timer.watch("head_forward", model.head)
         image, mask = entry.batch
         optimizer.zero_grad(set_to_none=True)

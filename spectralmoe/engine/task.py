@@ -24,8 +24,8 @@ What happens where:
   on rank 0 to ``metrics_dir`` as ``metrics_val_epoch{E}_step{S}.json/.csv`` and
   ``metrics_test.json/.csv``.
 * ``predict_step``: class maps cropped to each tile's size, with the tile's path and domain.
-* ``configure_optimizers``: AdamW (fused where torch has it) over the trainable parameters only, decay/no-decay groups of
-  METHOD §5 (``engine.optim``), poly schedule stepped per optimiser step.
+* ``configure_optimizers``: AdamW (fused where torch has it) over the trainable parameters only,
+  decay/no-decay groups of METHOD §5 (``engine.optim``), poly schedule stepped per optimiser step.
 * Checkpoints hold the trainable tensors only (``on_save_checkpoint``); loading one rebuilds the
   frozen parts from their pretrained weights and checks the trainable names strictly
   (``on_load_checkpoint``).

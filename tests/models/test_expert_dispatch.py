@@ -41,7 +41,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     diff = (actual.double() - expected.double()).abs()
     bad = diff > rel_atol * scale + rtol * expected.double().abs()
-    assert not bad.any() and not diff.isnan().any(), f"{what}: {int(bad.sum())} differ, max |Δ| {diff.max():.3g} (scale {scale:.3g})"
+    message = f"{what}: {int(bad.sum())} differ, max |Δ| {diff.max():.3g} (scale {scale:.3g})"
+    assert not bad.any() and not diff.isnan().any(), message
 
 
 def randomize(model: SpectralMoE, seed: int = 0, value_scale: float = 1.0) -> SpectralMoE:
@@ -146,7 +147,8 @@ def test_official_fallback_when_exp_could_underflow_matches_dense():
     for model in models.values():
         with torch.no_grad():
             model.mlp_token2feat.bias[0] = -900.0
-    experts = LowRankExperts(models["sparse"].experts_a[1], models["sparse"].experts_b[1], models["sparse"].mlp_token2feat)
+    sparse = models["sparse"]
+    experts = LowRankExperts(sparse.experts_a[1], sparse.experts_b[1], sparse.mlp_token2feat)
     assert experts.max_abs_value() >= SAFE_EXP_BOUND
     assert_same_results({k: m.double() for k, m in models.items()}, training=False, dtype=torch.float64)
     out, _, _ = run(models["sparse"], 1, False, dtype=torch.float64)

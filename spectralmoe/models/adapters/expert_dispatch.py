@@ -91,7 +91,7 @@ class LowRankExperts:
         """Coordinates [..., R] → features [..., D] (``coords @ K``; under autocast when it is on)."""
         return coords @ self.basis
 
-    def _expert_attention(self, rows: torch.Tensor, expert: int, token_attn: str) -> torch.Tensor:
+    def expert_attention(self, rows: torch.Tensor, expert: int, token_attn: str) -> torch.Tensor:
         """Token attention of ``rows`` [n, D] with expert ``expert``, sink dropped → [n, T−1] (compute dtype)."""
         a = self.a[expert]
         scale = 1.0 / math.sqrt(self.embed_dim)
@@ -107,9 +107,11 @@ class LowRankExperts:
             raise ValueError(f"unknown token_attn {token_attn!r}")
         return logits.softmax(dim=-1)[:, 1:]
 
-    def _expert_coordinates(self, rows: torch.Tensor, expert: int, token_attn: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u [n, r_e], c [n, 1]): the expert's output is ``u C_e + c b``."""
-        attention = self._expert_attention(rows, expert, token_attn)
+    def expert_coordinates(
+        self, rows: torch.Tensor, expert: int, token_attn: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u [n, r_e], c [n, 1]) for ``rows`` [n, D] routed to ``expert``: its output is ``u C_e + c b``."""
+        attention = self.expert_attention(rows, expert, token_attn)
         with torch.autocast(device_type=rows.device.type, enabled=False):
             return attention @ self.a[expert][1:], attention.sum(-1, keepdim=True)
 
@@ -125,7 +127,9 @@ class _GatherPairs(torch.autograd.Function):
     slots, instead of autograd's scatter-add into zeros (much slower on CPU)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(inverse)
         ctx.k = k
         return x.index_select(0, torch.div(order, k, rounding_mode="floor"))
@@ -144,7 +148,9 @@ class _Permute(torch.autograd.Function):
     """``x[index]`` for a permutation ``index`` (inverse ``inverse``); backward is the inverse gather."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(inverse)
         return x.index_select(0, index)
 
@@ -175,7 +181,7 @@ def pair_coordinates(
     for expert, count in enumerate(counts):
         if count == 0:
             continue
-        u, c = experts._expert_coordinates(rows[start : start + count], expert, token_attn)
+        u, c = experts.expert_coordinates(rows[start : start + count], expert, token_attn)
         before = experts.offsets[expert]
         blocks.append(torch.cat([F.pad(u, (before, width - 1 - before - experts.ranks[expert])), c], dim=1))
         start += count
@@ -191,7 +197,7 @@ def masked_pair_coordinates(
     """Same result as ``pair_coordinates`` without a host read: every expert runs on every token and
     each pair keeps its own expert's block (E/k × the rank-space work; fixed shapes for torch.compile)."""
     num_tokens, k = indices.shape
-    us, cs = zip(*(experts._expert_coordinates(x, e, token_attn) for e in range(experts.num_experts)))
+    us, cs = zip(*(experts.expert_coordinates(x, e, token_attn) for e in range(experts.num_experts)))
     all_u = torch.cat(us, dim=1)  # [M, Σr]: expert e's block at its offset
     all_c = torch.cat(cs, dim=1)  # [M, E]
     ranks = torch.tensor(experts.ranks, device=x.device)

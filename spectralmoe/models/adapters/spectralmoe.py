@@ -43,7 +43,13 @@ from torch import nn
 
 from .base import Adapter
 from .common import QueryLink, join_prefix, split_prefix
-from .expert_dispatch import SAFE_EXP_BOUND, LowRankExperts, expert_counts, masked_pair_coordinates, pair_coordinates
+from .expert_dispatch import (
+    SAFE_EXP_BOUND,
+    LowRankExperts,
+    expert_counts,
+    masked_pair_coordinates,
+    pair_coordinates,
+)
 
 __all__ = [
     "SpectralMoE",
@@ -226,7 +232,8 @@ class _RowLogSumExp(torch.autograd.Function):
         ctx, q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int
     ) -> torch.Tensor:
         kt = k.transpose(1, 2)
-        lse = torch.cat([torch.logsumexp((q[:, s : s + chunk] * scale) @ kt, dim=-1) for s in range(0, q.shape[1], chunk)], 1)
+        rows = range(0, q.shape[1], chunk)
+        lse = torch.cat([torch.logsumexp((q[:, s : s + chunk] * scale) @ kt, dim=-1) for s in rows], 1)
         ctx.save_for_backward(q, k, lse)
         ctx.scale, ctx.chunk = scale, chunk
         return lse
@@ -575,7 +582,9 @@ class SpectralMoE(Adapter):
             host = torch.cat(reads).tolist()  # the layer's one host read
             counts = [host[i * self.num_experts : (i + 1) * self.num_experts] for i in range(len(routings))]
             in_span = in_span or (identity_combine and bool(host[-1]))
-            coords = [pair_coordinates(x, r.indices, experts, self.token_attn, c) for x, r, c in zip(inputs, routings, counts)]
+            coords = [
+                pair_coordinates(x, r.indices, experts, self.token_attn, c) for x, r, c in zip(inputs, routings, counts)
+            ]
         else:
             coords = [masked_pair_coordinates(x, r.indices, experts, self.token_attn) for x, r in zip(inputs, routings)]
 
