@@ -12,14 +12,17 @@ printed). One step = all ``--layers`` layers in sequence, then backward of
 
 Timing: all entries live in ONE process and are timed interleaved (round r runs every entry once, in
 rotating order), ``--warmup`` rounds first, then ``--repeats`` rounds; each entry reports its median
-and min, and ``ratios`` gives each median over the reference's (and over ``official``'s dense
-evaluation when present). Interleaving makes the ratios robust to a machine whose load changes.
+and min wall time and median process CPU time; ``ratios`` gives each median over the reference's (and
+over the same variant's dense evaluation when present), ``ratios_of_minima`` and
+``ratios_of_cpu_time`` the same for the minima and the CPU times. Interleaving makes the ratios robust
+to a machine whose load changes; on a CPU shared with other jobs use ``--threads 1`` and read the CPU
+time ratios (the work done, not the waits for a core).
 
 Memory (``--memory``, on by default) is measured per entry in a fresh subprocess:
 
 * cuda: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated before it;
-* cpu: growth of the process's peak resident set size (``ru_maxrss``) during the FIRST step (a
-  process-lifetime high-water mark, hence one process per entry).
+* cpu: peak resident set (Linux ``VmHWM``, reset just before the step) during the FIRST step minus
+  the resident set before it, in a fresh process per entry (later steps reuse freed memory).
 
 Inputs mimic the segmentor: tokens [B, 5+N, D] (DINOv3 prefix) that require grad (gradients flow back
 to earlier adapters through the frozen blocks), depth tokens [B, N, D] without grad; expert factors
@@ -31,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from authors_layer import AuthorsLayer, check_parity  # noqa: E402
+from common import time_interleaved  # noqa: E402
 
 from spectralmoe.models.adapters.spectralmoe import SpectralMoE  # noqa: E402
 
@@ -73,6 +76,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-entry memory runs")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: memory of one entry
     return parser.parse_args(argv)
+
+
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc), MB."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0). ``ru_maxrss`` cannot be used: in a child it starts
+    at the parent's resident set at fork, which already holds every entry's model."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _sync(device: torch.device) -> None:
@@ -138,29 +162,13 @@ def measure_memory(args: argparse.Namespace, name: str) -> dict[str, object]:
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         method = "torch.cuda.max_memory_allocated minus allocated before the step"
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        base = _rss_mb()
+        _reset_peak_rss()
         step()
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-        method = "growth of peak RSS (ru_maxrss) during the first step, fresh process"
+        peak = _peak_rss_mb() - base
+        method = "peak resident set (VmHWM, reset before the step) minus the resident set before it, first step"
     return {"peak_memory_mb": round(peak, 1), "memory_method": method,
             "trainable_params": model.num_trainable_parameters()}  # fmt: skip
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
-                     ) -> dict[str, list[float]]:  # fmt: skip
-    """Seconds per step of every entry; each round runs every entry once, the order rotating per round."""
-    names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(warmup + repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            _sync(device)
-            start = time.perf_counter()
-            steps[name]()
-            _sync(device)
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -186,18 +194,27 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             result["reference_parity_max_abs_diff"] = check_parity(
                 model, ref_step.tokens.detach(), ref_step.depth  # type: ignore[attr-defined]
             )
-    times = time_interleaved(steps, device, args.warmup, args.repeats)
+    cpu: dict[str, list[float]] = {}
+    times = time_interleaved(steps, device, args.warmup, args.repeats, cpu)
     for name in names:
         result[name] = {"fwd_bwd_ms_median": round(1e3 * statistics.median(times[name]), 2),
-                        "fwd_bwd_ms_min": round(1e3 * min(times[name]), 2)}  # fmt: skip
+                        "fwd_bwd_ms_min": round(1e3 * min(times[name]), 2),
+                        "fwd_bwd_cpu_ms_median": round(1e3 * statistics.median(cpu[name]), 2)}  # fmt: skip
     ratios: dict[str, float] = {}
+    ratios_min: dict[str, float] = {}
+    ratios_cpu: dict[str, float] = {}
     for base in ("reference", "official:dense", "paper:dense"):
         if base not in times:
             continue
         for name in names:
             if name != base and (base == "reference" or name.split(":")[0] == base.split(":")[0]):
-                ratios[f"{name} / {base}"] = round(statistics.median(times[name]) / statistics.median(times[base]), 3)
+                key = f"{name} / {base}"
+                ratios[key] = round(statistics.median(times[name]) / statistics.median(times[base]), 3)
+                ratios_min[key] = round(min(times[name]) / min(times[base]), 3)
+                ratios_cpu[key] = round(statistics.median(cpu[name]) / statistics.median(cpu[base]), 3)
     result["ratios"] = ratios
+    result["ratios_of_minima"] = ratios_min
+    result["ratios_of_cpu_time"] = ratios_cpu
     return result
 
 

@@ -23,24 +23,31 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    steps: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+    steps: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per call of every entry; each round calls every entry once, the order rotating per round.
+    """Wall seconds per call of every entry; each round calls every entry once, the order rotating.
 
     A load change on a shared machine then hits all entries alike, so their RATIOS stay meaningful.
-    The first ``warmup`` rounds are not recorded.
+    The first ``warmup`` rounds are not recorded. ``cpu_times``, when given, receives each call's
+    process CPU seconds (``time.process_time``): with one torch thread on a CPU shared with other jobs
+    that is the work done, not the time spent waiting for a core.
     """
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in names})
     for round_index in range(warmup + repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[name]()
             sync(device)
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
+                if cpu_times is not None:
+                    cpu_times[name].append(time.process_time() - cpu_start)
     return times
 
 

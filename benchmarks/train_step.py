@@ -6,8 +6,11 @@
 Every method is built with random frozen weights (speed needs no download) on the same 4-band GF-2
 input (``--sensor``), and timed in the same process in interleaved rounds (round r steps every
 method once, the order rotating), after ``--warmup`` rounds. The JSON holds each method's median and
-min step time, trainable parameters, and the ratios of the medians to ``freeze`` and ``rein`` (when
-they are among the methods).
+min step time and median process CPU time, trainable parameters, and the ratios to ``freeze`` and
+``rein`` (when they are among the methods) of the median wall times (``ratio_to_*``), of the minima
+(``ratio_to_*_min``) and of the median CPU times (``cpu_ratio_to_*``). On a CPU shared with other jobs,
+run with ``--threads 1``: CPU time then counts the step's work and not the waits for a core, and the
+minimum is the least disturbed run; with several threads, a descheduled thread stalls the others.
 
 A method is ``name[:key=value…]`` with adapter options as YAML values, e.g.
 ``spectralmoe:dispatch=dense`` (the width-D evaluation of every expert), ``spectralmoe:use_depth=false``
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             compile_model=args.compile, fused=fused,
         )  # fmt: skip
         build_seconds[spec.label] = round(time.perf_counter() - started, 1)
-    times = time_interleaved({k: e.step for k, e in entries.items()}, device, args.warmup, args.repeats)
+    cpu_times: dict[str, list[float]] = {}
+    times = time_interleaved({k: e.step for k, e in entries.items()}, device, args.warmup, args.repeats, cpu_times)
     result: dict[str, Any] = {
         "backbone": args.backbone, "depth": args.depth, "head": args.head, "size": args.size, "batch": args.batch,
         "classes": args.classes, "sensor": args.sensor, "device": args.device, "dtype": args.dtype,
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods[label] = {
             "step_s_median": round(median(times[label]), 4),
             "step_s_min": round(min(times[label]), 4),
+            "step_cpu_s_median": round(median(cpu_times[label]), 4),
             "trainable_parameters": entry.trainable_parameters,
             "fused_adamw": entry.fused_adamw,
             "build_s": build_seconds[label],
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if base in times:
             for label in entries:
                 methods[label][f"ratio_to_{base}"] = round(median(times[label]) / median(times[base]), 3)
+                methods[label][f"ratio_to_{base}_min"] = round(min(times[label]) / min(times[base]), 3)
+                methods[label][f"cpu_ratio_to_{base}"] = round(median(cpu_times[label]) / median(cpu_times[base]), 3)
     if args.breakdown:
         for label, entry in entries.items():
             methods[label]["breakdown_s"] = breakdown(entry, device, args.repeats)
