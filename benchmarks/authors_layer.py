@@ -119,13 +119,15 @@ class AuthorsLayer:
 def check_parity(module: torch.nn.Module, tokens: torch.Tensor, depth: torch.Tensor, seed: int = 0,
                  rtol: float = 1e-4, atol: float = 1e-4) -> float:
     """Max abs difference between ``module`` and ``AuthorsLayer(module)`` on layer 0 (same noise draws,
-    no autocast), with the residual scale set to 1 meanwhile so that the update is compared at full size
+    no autocast, full fp32 matmul precision), with the residual scale set to 1 meanwhile so that the update is compared at full size
     (at the init scale 1e-3 it would hide below fp32 resolution); raises AssertionError beyond
     ``atol + rtol·|ref|``."""
     reference = AuthorsLayer(module)
     scale = module.scale.detach().clone()
+    precision = torch.get_float32_matmul_precision()  # TF32 ("high") would exceed the tolerance on GPUs
     with torch.no_grad():
         module.scale.fill_(1.0)
+        torch.set_float32_matmul_precision("highest")
         try:
             torch.manual_seed(seed)
             ours, our_loss = module(tokens, 0, depth)
@@ -133,6 +135,7 @@ def check_parity(module: torch.nn.Module, tokens: torch.Tensor, depth: torch.Ten
             ref, ref_loss = reference(tokens, 0, depth)
         finally:
             module.scale.copy_(scale)
+            torch.set_float32_matmul_precision(precision)
     diff = (ours - ref).abs()
     bad = diff > atol + rtol * ref.abs()
     if bad.any() or not math.isclose(float(our_loss), float(ref_loss), rel_tol=rtol, abs_tol=atol):

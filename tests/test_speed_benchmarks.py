@@ -49,7 +49,7 @@ def test_gpu_suite_tiny_runs_every_part_on_cpu(tmp_path, capsys):
     assert adapter["reference_parity_max_abs_diff"] < 1e-4
     assert set(adapter["ratios"]) >= {"paper / reference", "official / reference", "official / official:dense"}
     scene = result["predict_scene"]
-    assert scene["tiles"] == 16 and scene["megapixels_per_s"] > 0
+    assert scene["tiles"] == 16 and scene["megapixels_per_s"] > 0 and scene["megapixels_per_s_reading_in_turn"] > 0
 
 
 def test_gpu_suite_skips_what_cannot_run(monkeypatch, tmp_path):
