@@ -218,20 +218,25 @@ def test_torch_compile_captures_one_graph_and_matches(variant):
 
 
 @pytest.mark.parametrize("token_attn", ["dot", "rowsum_outer"])
-def test_pair_coordinates_sparse_equals_masked_with_an_idle_expert(token_attn):
-    model = randomize(SpectralMoE(D, 1, num_experts=E, rank=[2, 3, 4, 5], token_length=T, query_dim=Q))
+@pytest.mark.parametrize("rank", [[2, 3, 4, 5], 3], ids=["mixed-ranks-looped", "one-rank-batched"])
+def test_pair_coordinates_sparse_equals_masked_with_an_idle_expert(token_attn, rank):
+    model = randomize(SpectralMoE(D, 1, num_experts=E, rank=rank, token_length=T, query_dim=Q))
     experts = LowRankExperts(model.experts_a[0], model.experts_b[0], model.mlp_token2feat)
+    assert experts.uniform == isinstance(rank, int)
     x = torch.randn(12, D, requires_grad=True)
-    indices = torch.tensor([[0, 3], [3, 0], [1, 3]] * 4)  # expert 2 gets nothing
+    indices = torch.tensor([[0, 3], [3, 0], [1, 3]] * 4)  # expert 2 gets nothing; groups of 8, 4, 0, 12
     counts = expert_counts(indices, E).tolist()
     assert counts == [8, 4, 0, 12]
     sparse = pair_coordinates(x, indices, experts, token_attn, counts)
     masked = masked_pair_coordinates(x, indices, experts, token_attn)
-    assert sparse.shape == (12, 2, experts.width) == masked.shape and experts.width == 2 + 3 + 4 + 5 + 1
+    assert sparse.shape == (12, 2, experts.width) == masked.shape and experts.width == sum(experts.ranks) + 1
     assert_close(sparse, masked, rtol=1e-6, rel_atol=1e-7)
     # each pair's coordinates live in its own expert's block (+ the bias column)
-    assert sparse[0, 0, :2].abs().sum() > 0 and sparse[0, 0, 2:-1].abs().sum() == 0 and sparse[0, 0, -1] > 0
-    assert sparse[0, 1, 9:14].abs().sum() > 0 and sparse[0, 1, :9].abs().sum() == 0  # expert 3: columns 9–13
+    for token, slot, expert in ((0, 0, 0), (0, 1, 3), (2, 0, 1)):
+        lo, hi = experts.offsets[expert], experts.offsets[expert] + experts.ranks[expert]
+        row = sparse[token, slot]
+        assert row[lo:hi].abs().sum() > 0 and row[-1] > 0
+        assert row[:lo].abs().sum() == 0 and row[hi:-1].abs().sum() == 0
     grad = torch.randn_like(sparse)
     g_sparse = torch.autograd.grad((sparse * grad).sum(), x)[0]
     g_masked = torch.autograd.grad((masked * grad).sum(), x)[0]

@@ -15,11 +15,14 @@ Any gate-weighted sum of expert outputs keeps its coordinates in that basis, so 
 update returns to width D once, ``Z = P_z K``. What changes against the dense evaluation is only the
 order of floating-point operations (tested to fp32 reordering tolerance).
 
-Dispatch (``pair_coordinates``): the (token, slot) pairs are sorted by expert and each expert runs
-once over its contiguous rows; the per-expert row counts are the one value read back to the host per
-layer (``SpectralMoE`` reads those of both modalities together). ``masked_pair_coordinates`` does the
-same work for every expert and token instead — no data-dependent shapes, no host read — which is what
-runs under ``torch.compile``.
+Dispatch (``pair_coordinates``): the (token, slot) pairs are sorted by expert; the per-expert counts
+are the one value read back to the host per layer (``SpectralMoE`` reads those of both modalities
+together). When the experts share one rank (the paper's setting) every group is padded to the largest
+one and ALL experts run in one batched product ([E, n_max, ·] ``bmm``): a fixed, small number of
+kernels per layer, whatever E — many small per-expert kernels cost more than their arithmetic on a GPU
+(launches) and on a busy CPU (thread fork/join). Mixed ranks run one expert after the other over its
+contiguous rows. ``masked_pair_coordinates`` runs every expert on every token instead — no
+data-dependent shapes, no host read — which is what runs under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class LowRankExperts:
             c = F.linear(torch.cat(self.b), weight.to(self.dtype))  # [Σr, D]: C_e = B_e Wᵀ, stacked
             b_row = (bias.to(self.dtype) if bias is not None else c.new_zeros(self.embed_dim))[None]
             self.basis = torch.cat([c, b_row])  # K [R, D]
+            #: one rank for all experts: stacked factors A [E, T, r], B [E, r, D] for the batched path
+            self.uniform = len(set(self.ranks)) == 1
+            self.a_stack = torch.stack(self.a) if self.uniform else None
+            self.b_stack = torch.stack(self.b) if self.uniform else None
         self.width = int(self.basis.shape[0])  # R
 
     def c(self, expert: int) -> torch.Tensor:
@@ -114,6 +121,35 @@ class LowRankExperts:
         attention = self.expert_attention(rows, expert, token_attn)
         with torch.autocast(device_type=rows.device.type, enabled=False):
             return attention @ self.a[expert][1:], attention.sum(-1, keepdim=True)
+
+
+    def batched_coordinates(
+        self, token_attn: str, projected: torch.Tensor | None = None, sums: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every expert at once (one rank): coordinates [E, n, R] of expert e's output for its n rows.
+
+        ``dot`` takes ``projected`` = rows·B_eᵀ [E, n, r]; ``rowsum_outer`` takes the rows' channel sums
+        ``sums`` [E, n]. Each expert's u lands in its own block of the R columns, c in the last one.
+        """
+        assert self.a_stack is not None and self.b_stack is not None, "batched path needs one rank"
+        device = self.basis.device.type
+        scale = 1.0 / math.sqrt(self.embed_dim)
+        with torch.autocast(device_type=device, enabled=False):
+            if token_attn == "dot":
+                assert projected is not None
+                logits = torch.bmm(projected.to(self.dtype), self.a_stack.transpose(1, 2)) * scale  # [E, n, T]
+            elif token_attn == "rowsum_outer":
+                assert sums is not None
+                token_sums = torch.bmm(self.a_stack, self.b_stack.sum(-1, keepdim=True))  # S_e 1: [E, T, 1]
+                logits = sums.to(self.dtype)[..., None] * token_sums.transpose(1, 2) * scale
+            else:
+                raise ValueError(f"unknown token_attn {token_attn!r}")
+            attention = logits.softmax(dim=-1)[..., 1:]
+            u = torch.bmm(attention, self.a_stack[:, 1:])  # [E, n, r]
+            num_experts, rows, rank = u.shape
+            eye = torch.eye(num_experts, dtype=u.dtype, device=u.device)
+            blocks = (u[:, :, None, :] * eye[:, None, :, None]).reshape(num_experts, rows, num_experts * rank)
+            return torch.cat([blocks, attention.sum(-1, keepdim=True)], dim=-1)
 
 
 def expert_counts(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -161,15 +197,92 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+class _GatherPadded(torch.autograd.Function):
+    """Rows of the expert-padded layout: ``out[q] = x[source[q]]`` ([E·n_max, D]; padding rows copy row 0
+    and are never read back). Backward gathers the gradient of each (token, slot) pair from its padded
+    position ``pair_position`` and sums a token's k slots (gathers only, no scatter-add)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, source: torch.Tensor, pair_position: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        ctx.save_for_backward(pair_position)
+        ctx.k = k
+        return x.index_select(0, source)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (pair_position,) = ctx.saved_tensors
+        pairs = grad.index_select(0, pair_position)
+        if ctx.k > 1:
+            pairs = pairs.view(-1, ctx.k, *pairs.shape[1:]).sum(1)
+        return pairs, None, None, None
+
+
+class _GatherUnique(torch.autograd.Function):
+    """``x[index]`` for DISTINCT indices: backward copies the gradient into zeros (no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy_(0, index, grad), None
+
+
 def pair_coordinates(
     x: torch.Tensor, indices: torch.Tensor, experts: LowRankExperts, token_attn: str, counts: Sequence[int]
 ) -> torch.Tensor:
     """Sparse dispatch: coordinates [M, k, R] of every (token, slot) pair's expert output.
 
     ``x`` [M, D], ``indices`` [M, k] (selected experts), ``counts`` the host-side per-expert pair
-    counts (``expert_counts(indices).tolist()``). Pairs are sorted by expert; expert ``e`` runs once
-    over its ``counts[e]`` contiguous rows; results go back to pair order with one gather.
+    counts (``expert_counts(indices).tolist()``). Pairs are sorted by expert; with one rank for all
+    experts the groups are padded to the largest and run in one batched product, else expert ``e``
+    runs once over its ``counts[e]`` contiguous rows.
     """
+    num_tokens, k = indices.shape
+    if sum(counts) != num_tokens * k or len(counts) != experts.num_experts:
+        raise RuntimeError(f"expert counts {list(counts)} do not cover the {num_tokens}×{k} routed pairs")
+    if experts.uniform:
+        return _padded_pair_coordinates(x, indices, experts, token_attn, counts)
+    return _looped_pair_coordinates(x, indices, experts, token_attn, counts)
+
+
+def _padded_pair_coordinates(
+    x: torch.Tensor, indices: torch.Tensor, experts: LowRankExperts, token_attn: str, counts: Sequence[int]
+) -> torch.Tensor:
+    num_tokens, k = indices.shape
+    num_experts, longest = experts.num_experts, max(counts)
+    device = indices.device
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # sorted slot q → pair p
+    sorted_experts = flat.index_select(0, order)
+    starts = torch.tensor([sum(counts[:e]) for e in range(num_experts)], device=device)
+    within = torch.arange(flat.numel(), device=device) - starts.index_select(0, sorted_experts)
+    pair_position = torch.empty_like(order)
+    pair_position[order] = sorted_experts * longest + within  # pair p → its row in [E·n_max]
+    source = torch.zeros(num_experts * longest, dtype=torch.long, device=device)  # padding rows read row 0
+    source[pair_position] = torch.div(torch.arange(flat.numel(), device=device), k, rounding_mode="floor")
+    if token_attn == "dot":
+        rows = _GatherPadded.apply(x, source, pair_position, k).view(num_experts, longest, -1)
+        coords = experts.batched_coordinates(token_attn, projected=torch.bmm(rows, experts.b_stack.transpose(1, 2)
+                                                                             .to(rows.dtype)))  # fmt: skip
+    else:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            sums = x.to(experts.dtype).sum(-1)  # [M]: the rows' channel sums, gathered as scalars
+        coords = experts.batched_coordinates(token_attn, sums=sums.index_select(0, source).view(num_experts, longest))
+    return _GatherUnique.apply(coords.reshape(num_experts * longest, -1), pair_position).view(num_tokens, k, -1)
+
+
+def _looped_pair_coordinates(
+    x: torch.Tensor, indices: torch.Tensor, experts: LowRankExperts, token_attn: str, counts: Sequence[int]
+) -> torch.Tensor:
     num_tokens, k = indices.shape
     width = experts.width
     order = torch.argsort(indices.reshape(-1), stable=True)
@@ -185,8 +298,6 @@ def pair_coordinates(
         before = experts.offsets[expert]
         blocks.append(torch.cat([F.pad(u, (before, width - 1 - before - experts.ranks[expert])), c], dim=1))
         start += count
-    if start != num_tokens * k:
-        raise RuntimeError(f"expert counts {list(counts)} do not cover the {num_tokens}×{k} routed pairs")
     ordered = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
     return _Permute.apply(ordered, inverse, order).view(num_tokens, k, width)
 
@@ -197,13 +308,26 @@ def masked_pair_coordinates(
     """Same result as ``pair_coordinates`` without a host read: every expert runs on every token and
     each pair keeps its own expert's block (E/k × the rank-space work; fixed shapes for torch.compile)."""
     num_tokens, k = indices.shape
-    us, cs = zip(*(experts.expert_coordinates(x, e, token_attn) for e in range(experts.num_experts)))
-    all_u = torch.cat(us, dim=1)  # [M, Σr]: expert e's block at its offset
-    all_c = torch.cat(cs, dim=1)  # [M, E]
+    num_experts = experts.num_experts
+    if experts.uniform:
+        if token_attn == "dot":  # x [B_1ᵀ … B_Eᵀ] in one product → [E, M, r]
+            wide = x @ experts.b_stack.reshape(-1, x.shape[-1]).t().to(x.dtype)
+            coords = experts.batched_coordinates(token_attn, projected=wide.view(num_tokens, num_experts, -1)
+                                                 .transpose(0, 1))  # fmt: skip
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                sums = x.to(experts.dtype).sum(-1)
+            coords = experts.batched_coordinates(token_attn, sums=sums[None].expand(num_experts, -1))
+        all_u = coords[..., :-1].sum(0)  # [M, Σr]: expert e's block is non-zero in its own columns only
+        all_c = coords[..., -1].t()  # [M, E]
+    else:
+        us, cs = zip(*(experts.expert_coordinates(x, e, token_attn) for e in range(num_experts)))
+        all_u = torch.cat(us, dim=1)  # [M, Σr]: expert e's block at its offset
+        all_c = torch.cat(cs, dim=1)  # [M, E]
     ranks = torch.tensor(experts.ranks, device=x.device)
     slots = []
     for slot in range(k):
-        chosen = F.one_hot(indices[:, slot], experts.num_experts).to(all_u.dtype)  # [M, E]
+        chosen = F.one_hot(indices[:, slot], num_experts).to(all_u.dtype)  # [M, E]
         block_mask = chosen.repeat_interleave(ranks, dim=1, output_size=experts.width - 1)
         slots.append(torch.cat([all_u * block_mask, (all_c * chosen).sum(1, keepdim=True)], dim=1))
     return torch.stack(slots, dim=1)
