@@ -20,8 +20,9 @@ Parts, in this order (each recorded in the JSON even when it fails or is skipped
    4-band 8192² uint16 GeoTIFF (tile 512, overlap 128, batch 8, bf16), with the background tile reader
    (default) and reading in turn (``read_ahead=0``); skipped with a message when rasterio is missing.
 5. ``training_compiled``: part 2 again with ``torch.compile`` (in place, default mode); the first
-   (compiling) steps are timed separately. Runs last and is skipped per method when the time left in
-   ``--budget-s`` is too short, so the suite ends in time whatever compilation costs.
+   (compiling) steps are timed separately. Runs last, each method in a child process killed when the
+   time left in ``--budget-s`` runs out (compilation cannot be interrupted in-process), and a method is
+   not started with less than ``--min-compile-s`` left: the suite ends in time whatever compilation costs.
 
 ``--output`` also receives the JSON after every part, so a run that is stopped keeps what it measured.
 """
@@ -33,7 +34,10 @@ import contextlib
 import gc
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +92,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend (default inductor; 'eager' only traces: the CPU test of the suite)")
+    parser.add_argument("--min-compile-s", type=float, default=MIN_COMPILE_S,
+                        help="do not start a compiled run with less of the budget left")
+    parser.add_argument("--child-compiled", default=None, help=argparse.SUPPRESS)  # internal: one compiled run
     return parser.parse_args(argv)
 
 
@@ -101,6 +108,8 @@ class Suite:
         self.dtype = args.dtype if args.dtype != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         self.started = time.perf_counter()
         self.result: dict[str, Any] = {"suite": "tiny" if args.tiny else "paper-size", "budget_s": args.budget_s}
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls (routing, fusion)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -155,7 +164,6 @@ class Suite:
             "rasterio": importlib.util.find_spec("rasterio") is not None,
         }  # fmt: skip
         if self.device.type == "cuda":
-            torch.set_float32_matmul_precision("high")
             props = torch.cuda.get_device_properties(self.device)
             env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
                        capability=f"{props.major}.{props.minor}", float32_matmul_precision="high")  # fmt: skip
@@ -234,19 +242,43 @@ class Suite:
         for method in filter(None, methods):
             if compiled:
                 left = self.args.budget_s - self.elapsed()
-                needed = max([MIN_COMPILE_S] + [1.2 * d for d in durations])
+                needed = max([self.args.min_compile_s] + [1.2 * d for d in durations])
                 if left < needed:
                     out[method] = {"skipped": f"time budget: {left:.0f} s left, a compiled run needs ~{needed:.0f} s"}
                     continue
             started = time.perf_counter()
             try:
-                out[method] = self._train(method, compiled)
+                out[method] = self._train_in_child(method) if compiled else self._train(method, compiled)
             except Exception as error:  # noqa: BLE001 - keep the other methods
                 out[method] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(limit=6)}
             durations.append(time.perf_counter() - started)
             self._free()
             self.save()
         return out
+
+    def _train_in_child(self, method: str) -> dict[str, Any]:
+        """``_train(method, compiled=True)`` in a child process, killed when the budget runs out."""
+        left = self.args.budget_s - self.elapsed()
+        command = [sys.executable, str(Path(__file__).resolve()), "--device", self.args.device, "--dtype", self.dtype,
+                   "--child-compiled", method]  # fmt: skip
+        options = (("--compile-mode", self.args.compile_mode), ("--compile-backend", self.args.compile_backend))
+        for flag, value in options:
+            if value is not None:
+                command += [flag, value]
+        if self.args.tiny:
+            command.append("--tiny")
+        # Own process group: a timeout kills the child AND the compile workers it started.
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)  # fmt: skip
+        try:
+            stdout, stderr = child.communicate(timeout=max(left, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            return {"skipped": f"killed: did not finish within the {left:.0f} s left of the budget"}
+        if child.returncode != 0:
+            return {"error": f"child exited with {child.returncode}", "stderr_tail": stderr[-2000:]}
+        return json.loads(stdout.strip().splitlines()[-1])
 
     # -- 3. adapter layer --------------------------------------------------------------------------
     def adapter(self) -> dict[str, Any]:
@@ -324,6 +356,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_suite: --device cuda but torch sees no GPU (use --tiny --device cpu to test the suite)")
+    if args.child_compiled is not None:
+        result = Suite(args)._train(args.child_compiled, compile_model=True)
+        print(json.dumps(result))
+        return result
     result = Suite(args).run()
     print(json.dumps(result, indent=2))
     return result

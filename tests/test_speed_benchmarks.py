@@ -67,6 +67,10 @@ def test_gpu_suite_compiled_runs_respect_the_budget():
     result = gpu_suite.main(["--tiny", "--device", "cpu", "--skip", "training,adapter,predict_scene",
                              "--budget-s", "0"])  # fmt: skip
     assert all("time budget" in result["training_compiled"][m]["skipped"] for m in ("spectralmoe", "rein", "freeze"))
+    # a compiled run that outlasts the budget is killed (inductor on CPU takes minutes: 4 s cannot suffice)
+    result = gpu_suite.main(["--tiny", "--device", "cpu", "--skip", "training,adapter,predict_scene",
+                             "--budget-s", "4", "--min-compile-s", "0", "--compile-methods", "spectralmoe"])  # fmt: skip
+    assert "killed" in result["training_compiled"]["spectralmoe"]["skipped"] and result["elapsed_s"] < 30
 
 
 def test_adapter_speed_reference_parity_and_ratios():
