@@ -1,7 +1,8 @@
 """Peak memory and speed of scene-scale inference (``spectralmoe.predict.predict_scene``).
 
     python benchmarks/scene_memory.py --height 20000 --width 20000 --bands 4 \\
-        --tile 512 --overlap 128 --batch-size 4 --workdir /tmp/scene-bench [--threads 2] [--device cpu]
+        --tile 512 --overlap 128 --batch-size 4 --workdir /tmp/scene-bench [--threads 2] [--device cpu] \\
+        [--read-ahead 2]
 
 1. Writes a synthetic georeferenced ``uint16`` GeoTIFF of that size (tiled 512, deflate) block row by
    block row, so the scene never exists in RAM: smooth "land cover" patterns per band, plus a nodata
@@ -49,6 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--read-ahead", type=int, default=2,
+                        help="batches read ahead by predict_scene's background reader (0: read in turn)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spectralmoe-scene-bench"))
     parser.add_argument("--reuse", action="store_true", help="reuse an existing scene of the right shape")
     parser.add_argument("--keep", action="store_true", help="keep the scene and outputs (default: delete them)")
@@ -146,7 +149,7 @@ def child(args: argparse.Namespace) -> dict[str, object]:
     small = args.workdir / "warmup.tif"
     write_scene(small, 300, 300, args.bands)
     options = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "device": args.device,
-               "precision": args.precision, "pretrained": False}  # fmt: skip
+               "precision": args.precision, "pretrained": False, "read_ahead": args.read_ahead}  # fmt: skip
     torch.manual_seed(0)
     start = _rss_mb()
     _reset_peak()
@@ -167,7 +170,8 @@ def child(args: argparse.Namespace) -> dict[str, object]:
         "scene": {"height": args.height, "width": args.width, "bands": args.bands, "dtype": "uint16",
                   "uncompressed_gb": round(pixels * args.bands * 2 / 1e9, 2),
                   "file_gb": round(scene.stat().st_size / 1e9, 3)},
-        "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "device": summary.device,
+        "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "read_ahead": args.read_ahead,
+        "device": summary.device,
         "precision": summary.precision, "torch_threads": torch.get_num_threads(),
         "tiles": summary.tiles, "tiles_skipped": summary.tiles_skipped,
         "wall_s": round(wall, 1), "tiles_per_s": round(summary.tiles / wall, 2),

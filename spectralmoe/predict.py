@@ -53,10 +53,11 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from spectralmoe.bands import BAND_TOLERANCE_UM, BandMismatchError, get_sensor, load_sensor, match_bands
+from spectralmoe.bands import BAND_TOLERANCE_UM, BandMismatchError, load_sensor, match_bands
 from spectralmoe.errors import InputError, InputWarning, check_int, describe
 from spectralmoe.models.segmentor import min_input_size
 from spectralmoe.outputs import OutputSet
+from spectralmoe.data.prefetch import BackgroundReader
 from spectralmoe.viz import CLASS_NAMES_TAG, NODATA_CLASS, default_palette, routing_palette, write_preview
 
 logger = logging.getLogger(__name__)
@@ -527,6 +528,7 @@ def predict_scene(
     gsd_m: float | None = None,
     nodata: float | None = None,
     ground_truth: PathLike | None = None,
+    read_ahead: int = 2,
 ) -> PredictionSummary:
     """Segment a whole raster and write a georeferenced class map (see the module docstring for the
     tiling, blending and the memory bound).
@@ -567,6 +569,8 @@ def predict_scene(
         ground_truth: a label raster on the scene's grid (class indices, 255 = ignore), checked before the
             model runs; the map is scored against it (``<output stem>_metrics.json`` / ``.csv``: mIoU,
             mAcc, aAcc, per-class IoU/Acc in percent, confusion matrix; ``spectralmoe.map_metrics``).
+        read_ahead: batches of tiles read ahead by a background thread while the model runs (0: read
+            in turn); each costs one batch of float32 tiles in memory.
 
     Returns:
         A ``PredictionSummary``.
@@ -590,6 +594,7 @@ def predict_scene(
         raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
     batch_size = check_int("--batch-size", batch_size, minimum=1)
     check_int("--routing-layer", routing_layer)
+    read_ahead = check_int("read_ahead", read_ahead, minimum=0)
     if precision not in ("fp32", "bf16"):
         raise InputError(f"--precision must be 'fp32' or 'bf16', got {precision!r}")
     if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, (int, float))):
@@ -681,7 +686,7 @@ def predict_scene(
     run = _run(
         model, source, input_path, outputs, bands, tile=tile, overlap=overlap, batch_size=batch_size,
         device=run_device, precision=precision, routing_layer=layer, overviews=overviews, progress=progress,
-        gdal_cache_mb=gdal_cache_mb, nodata=facts["nodata"], masked=masked,
+        gdal_cache_mb=gdal_cache_mb, nodata=facts["nodata"], masked=masked, read_ahead=read_ahead,
         provenance={"checkpoint": source.describe(), "input": str(input_path), "tile": tile, "overlap": overlap,
                     "bands_used": [b + 1 for b in bands], "precision": precision},
     )  # fmt: skip
@@ -796,7 +801,7 @@ def _run(
     model: Any, source: ModelSource, input_path: Path, outputs: OutputSet, bands: list[int], *,
     tile: int, overlap: int, batch_size: int, device: torch.device, precision: Precision,
     routing_layer: int | None, overviews: bool, progress: bool, gdal_cache_mb: int, provenance: dict[str, Any],
-    nodata: float | None, masked: bool,
+    nodata: float | None, masked: bool, read_ahead: int = 2,
 ) -> _RunResult:  # fmt: skip
     """The strip loop, writing every output to its temporary and committing them together at the end."""
     import rasterio
@@ -902,8 +907,9 @@ def _run(
             stack.callback(bar.close)
             patch = int(model.backbone.patch_size) if routing_layer is not None else 0
             loop_started = time.perf_counter()
-            for batch in _batches(plan, batch_size):
-                loaded = [read(t) for t in batch]
+            # The next batches are read in a background thread while the model runs on this one.
+            reader = BackgroundReader(_batches(plan, batch_size), lambda tiles: [read(t) for t in tiles], read_ahead)
+            for batch, loaded in stack.enter_context(reader):
                 live = [i for i, tile_data in enumerate(loaded) if not tile_data[1].all()]
                 probs_np = route_np = None
                 for _, _, _, low, high in loaded:

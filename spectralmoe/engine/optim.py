@@ -54,9 +54,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "FUSED_ADAMW_DEVICES",
     "NO_DECAY_RULES",
     "NORM_LAYERS",
     "PolyWarmupLambda",
+    "build_adamw",
     "build_param_groups",
     "build_poly_scheduler",
     "decay_table",
@@ -133,6 +135,42 @@ def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
                 {"name": group_name, "params": [params[n] for n in names], "param_names": names, "weight_decay": wd}
             )
     return groups
+
+
+#: Device types on which torch (≥ 2.4) has a fused (single-kernel) AdamW step.
+FUSED_ADAMW_DEVICES = frozenset({"cuda", "cpu", "xpu", "mps"})
+
+
+def _fused_supported(groups: list[dict[str, Any]]) -> bool:
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in params)
+
+
+def build_adamw(
+    groups: list[dict[str, Any]],
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (``build_param_groups``), with torch's fused kernel where it exists.
+
+    ``fused=None`` (default) uses the fused step when every parameter is a floating-point tensor on a
+    device of ``FUSED_ADAMW_DEVICES`` — one kernel per step instead of a dozen multi-tensor ones, the
+    same update up to rounding — and torch's default (multi-tensor) implementation otherwise;
+    ``True`` demands it (ValueError when a parameter cannot use it), ``False`` never uses it. Build the
+    optimiser after the model is on its device (Lightning calls ``configure_optimizers`` after moving it).
+    """
+    supported = _fused_supported(groups)
+    if fused and not supported:
+        devices = sorted({f"{p.device.type}/{p.dtype}" for g in groups for p in g["params"]})
+        raise ValueError(f"fused AdamW needs floating-point parameters on {sorted(FUSED_ADAMW_DEVICES)}, got {devices}")
+    use_fused = supported if fused is None else bool(fused)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True if use_fused else None
+    )
 
 
 def poly_factor(

@@ -25,8 +25,8 @@ What happens where:
   on rank 0 to ``metrics_dir`` as ``metrics_val_epoch{E}_step{S}.json/.csv`` and
   ``metrics_test.json/.csv``.
 * ``predict_step``: class maps cropped to each tile's size, with the tile's path and domain.
-* ``configure_optimizers``: AdamW over the trainable parameters only, decay/no-decay groups of
-  METHOD §5 (``engine.optim``), poly schedule stepped per optimiser step.
+* ``configure_optimizers``: AdamW (fused where torch has it) over the trainable parameters only,
+  decay/no-decay groups of METHOD §5 (``engine.optim``), poly schedule stepped per optimiser step.
 * Checkpoints hold the trainable tensors only (``on_save_checkpoint``); loading one rebuilds the
   frozen parts from their pretrained weights and checks the trainable names strictly
   (``on_load_checkpoint``).
@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from spectralmoe.engine.compile import compile_segmentor
 from spectralmoe.engine.export import (
     export_evaluation,
     frozen_weights_path,
@@ -69,7 +70,7 @@ from spectralmoe.engine.export import (
     trainable_state_keys,
 )
 from spectralmoe.engine.metrics import SegConfusion, summarize, write_report
-from spectralmoe.engine.optim import build_param_groups, build_poly_scheduler
+from spectralmoe.engine.optim import build_adamw, build_param_groups, build_poly_scheduler
 from spectralmoe.errors import InputError
 from spectralmoe.models.accounting import parameter_report
 from spectralmoe.models.factory import DEFAULT_DEPTH, build_segmentor, resolve_wavelengths
@@ -182,6 +183,12 @@ class SegmentationTask(L.LightningModule):
             DSTC model (``models/dstc.py``), where ``backbone`` names its preset (``resnet18``),
             ``backbone_weights`` the ImageNet ResNet-18 file, and ``adapter``, ``head``, ``depth``
             must be null.
+        compile: ``torch.compile`` the segmentor in place (``engine.compile``; parameter names and
+            checkpoints unchanged). Pays off on GPUs for long runs; the first steps compile.
+        compile_options: ``torch.compile`` keyword arguments (``mode``, ``backend``, ``fullgraph``,
+            ``dynamic``, ``options``), e.g. ``{mode: max-autotune}``.
+        fused_adamw: AdamW's fused single-kernel step: ``None`` (default) where torch has it for the
+            parameters' device (CUDA, CPU…), ``true`` demand it, ``false`` never.
         lr: AdamW learning rate (METHOD §5: 1e-4).
         weight_decay: AdamW weight decay of the decayed group (0.05); see ``engine.optim``.
         betas: AdamW betas.
@@ -244,6 +251,9 @@ class SegmentationTask(L.LightningModule):
         gradient_checkpointing: bool = False,
         backbone_options: dict[str, Any] | None = None,
         architecture: Literal["segmentor", "dstc"] = "segmentor",
+        compile: bool = False,  # noqa: A002 - the config key `model.compile`
+        compile_options: dict[str, Any] | None = None,
+        fused_adamw: bool | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -444,6 +454,8 @@ class SegmentationTask(L.LightningModule):
                 depth_weights=hp.depth_weights,
                 gradient_checkpointing=hp.gradient_checkpointing,
             )
+        if hp.get("compile"):
+            compile_segmentor(self.segmentor, hp.get("compile_options"))
         report = parameter_report(self.segmentor)
         what = (f"{hp.adapter} on {hp.backbone} with a {hp.head} head" if hp.get("architecture") != "dstc"
                 else f"DSTC ({hp.backbone} encoder)")  # fmt: skip
@@ -576,7 +588,8 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         groups = build_param_groups(self._model(), hp.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
+        optimizer = build_adamw(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay,
+                                fused=hp.get("fused_adamw"))
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total < 1:
             raise ValueError(

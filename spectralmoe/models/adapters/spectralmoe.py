@@ -21,6 +21,14 @@ variant       ``token_attn``    ``combine``           ``fusion``
 
 ``official`` reproduces the authors' released module including its quirks (METHOD §1.5–1.7,
 §7 rows 1–4) so that their checkpoints (``load_official_state_dict``) give their numbers.
+
+How the experts are evaluated (``dispatch``; same outputs, gradients and balance loss up to fp32
+reordering, tested): ``"sparse"`` (default) sorts the routed tokens by expert, runs each selected
+expert once over its rows in the experts' rank-r space and fuses on the R = Σr+1 coordinates of the
+expert outputs (``expert_dispatch``); one host read per layer (the per-expert counts). Under
+``torch.compile`` it switches to ``"masked"``: the same rank-space work for every expert (no
+data-dependent shapes, no host read). ``"dense"`` is the plain evaluation at width D for every expert
+(E/k× the token-attention work), kept as the reference.
 """
 
 from __future__ import annotations
@@ -37,8 +45,23 @@ from spectralmoe.errors import InputError, check_int, check_number
 
 from .base import Adapter
 from .common import QueryLink, join_prefix, split_prefix
+from .expert_dispatch import (
+    SAFE_EXP_BOUND,
+    LowRankExperts,
+    expert_counts,
+    masked_pair_coordinates,
+    pair_coordinates,
+)
 
-__all__ = ["SpectralMoE", "Routing", "noisy_top_k_routing", "cv_squared", "diagonal_cross_attention"]
+__all__ = [
+    "SpectralMoE",
+    "Routing",
+    "coordinate_fusion",
+    "cv_squared",
+    "diagonal_cross_attention",
+    "mixture_of_token_experts",
+    "noisy_top_k_routing",
+]
 
 VARIANT_DEFAULTS: dict[str, dict[str, str]] = {
     "paper": {"token_attn": "dot", "combine": "gate_weighted", "fusion": "xattn"},
@@ -48,6 +71,7 @@ GATINGS = ("softmax", "laplace", "gaussian")
 TOKEN_ATTNS = ("dot", "rowsum_outer")
 COMBINES = ("gate_weighted", "ungated_logsumexp")
 FUSIONS = ("xattn", "code_diag", "add", "none")
+DISPATCHES = ("sparse", "masked", "dense")
 
 #: Value the released code writes into exact zeros before the log of the combine (float64 eps).
 _COMBINE_EPS = float(torch.finfo(torch.float64).eps)
@@ -209,8 +233,9 @@ class _RowLogSumExp(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int
     ) -> torch.Tensor:
+        kt = k.transpose(1, 2)
         rows = range(0, q.shape[1], chunk)
-        lse = torch.cat([torch.logsumexp(q[:, s : s + chunk] @ k.transpose(1, 2) * scale, dim=-1) for s in rows], 1)
+        lse = torch.cat([torch.logsumexp((q[:, s : s + chunk] * scale) @ kt, dim=-1) for s in rows], 1)
         ctx.save_for_backward(q, k, lse)
         ctx.scale, ctx.chunk = scale, chunk
         return lse
@@ -221,13 +246,15 @@ class _RowLogSumExp(torch.autograd.Function):
         q, k, lse = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
         grad_q, grad_k = torch.empty_like(q), torch.zeros_like(k)
+        kt = k.transpose(1, 2)
         with torch.autocast(device_type=q.device.type, enabled=False):
             for s in range(0, q.shape[1], chunk):
                 qc = q[:, s : s + chunk]
-                probs = (qc @ k.transpose(1, 2) * scale - lse[:, s : s + chunk, None]).exp()
-                weighted = probs * (grad[:, s : s + chunk, None] * scale)  # [B, c, M]
+                # probabilities, then weighted by the incoming gradient, in place: [B, c, M]
+                weighted = torch.baddbmm(lse[:, s : s + chunk, None], qc * scale, kt, beta=-1.0).exp_()
+                weighted.mul_(grad[:, s : s + chunk, None] * scale)
                 grad_q[:, s : s + chunk] = weighted @ k
-                grad_k += weighted.transpose(1, 2) @ qc
+                grad_k.baddbmm_(weighted.transpose(1, 2), qc)
         return grad_q, grad_k, None, None
 
 
@@ -250,6 +277,45 @@ def diagonal_cross_attention(
         chunk = max(1, max_elements // max(1, q.shape[0] * v.shape[1]))
         weight = (diagonal - _RowLogSumExp.apply(q, v, scale, chunk)).exp()
         return (weight[..., None] * v).to(out_dtype)
+
+
+def _padded_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = (-x.shape[-1]) % multiple
+    return F.pad(x, (0, extra)) if extra else x
+
+
+def coordinate_fusion(
+    visual: torch.Tensor,
+    depth: torch.Tensor | None,
+    gram: torch.Tensor,
+    fusion: str,
+    embed_dim: int,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """``_fuse`` on coordinates: Δv = P_v K, Δd = P_d K ([B, N, R]) with G = K Kᵀ → Z's coordinates.
+
+    Every logit ``Δa·Δb`` is ``P_a G P_bᵀ``, so: ``xattn`` is ``scaled_dot_product_attention`` with
+    queries ``P_v G``, keys = values = ``P_d`` and scale 1/√D (the width-D scale; widths zero-padded to
+    a multiple of 8 for the fused kernels); ``code_diag`` is the released diagonal form with depth
+    queries ``P_d G`` and visual keys ``P_v``. Computed in at least fp32 with autocast off (it is
+    R/D of the width-D work).
+    """
+    if depth is None or fusion == "none":
+        return visual
+    if fusion == "add":
+        return visual + depth
+    scale = 1.0 / math.sqrt(embed_dim)
+    with torch.autocast(device_type=visual.device.type, enabled=False):
+        if fusion == "xattn":  # visual queries, depth keys/values
+            query, key = _padded_to(visual @ gram, 8), _padded_to(depth, 8)
+            return visual + F.scaled_dot_product_attention(query, key, key, scale=scale)[..., : visual.shape[-1]]
+        if fusion == "code_diag":  # depth queries, visual keys/values, diagonal only
+            query = depth @ gram
+            diagonal = (query * visual).sum(-1) * scale
+            chunk = max(1, max_elements // max(1, query.shape[0] * visual.shape[1]))
+            weight = (diagonal - _RowLogSumExp.apply(query, visual, scale, chunk)).exp()
+            return weight[..., None] * visual
+    raise ValueError(f"unknown fusion {fusion!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +348,8 @@ class SpectralMoE(Adapter):
         noise_epsilon: floor of the router noise std.
         record_routing: store the visual router's top-1 expert per patch token of every
             forward in ``last_routing[layer]`` (LongTensor [B, N], detached).
+        dispatch: how the experts are evaluated, ``"sparse"`` (default), ``"masked"`` or ``"dense"``
+            (module docstring); a speed choice only — results agree to fp32 reordering.
 
     Parameters exist only where they are used: with ``num_experts=1`` there are no routers
     (all tokens use the single expert, balance loss exactly 0); without ``noisy_gating``
@@ -316,6 +384,7 @@ class SpectralMoE(Adapter):
         combine: str | None = None,
         noise_epsilon: float = 1e-2,
         record_routing: bool = False,
+        dispatch: str = "sparse",
     ) -> None:
         super().__init__()
         where = "SpectralMoE"
@@ -353,6 +422,7 @@ class SpectralMoE(Adapter):
             ("combine", combine, COMBINES),
             ("fusion", fusion, FUSIONS),
             ("gates", gates, ("dual", "shared")),
+            ("dispatch", dispatch, DISPATCHES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -375,6 +445,7 @@ class SpectralMoE(Adapter):
         self.balance_coef = float(balance_coef)
         self.depth_dim = embed_dim if depth_dim is None else depth_dim
         self.record_routing = record_routing
+        self.dispatch = dispatch
         self.last_routing: dict[int, torch.Tensor] = {}
 
         # Experts: A [T, r_e] Kaiming-uniform(a=√5), B [r_e, D] zeros → S = A·B = 0 at init.
@@ -475,24 +546,97 @@ class SpectralMoE(Adapter):
         if f.shape[-1] != self.embed_dim:
             raise ValueError(f"tokens have width {f.shape[-1]}, expected embed_dim={self.embed_dim}")
         depth = self._check_depth(depth_tokens, f) if self.use_depth else None
+        if depth is not None and self.depth_proj is not None:
+            depth = self.depth_proj(depth)
 
+        dispatch = self.dispatch
+        if dispatch == "sparse" and torch.compiler.is_compiling():
+            dispatch = "masked"  # no host read, no data-dependent shapes inside a compiled graph
+        if dispatch == "dense":
+            z, terms = self._dense_update(f, depth, layer)
+        else:
+            z, terms = self._low_rank_update(f, depth, layer, sparse=dispatch == "sparse")
+        refined = f + self.scale * self.mlp_delta_f(z + f)
+        aux = self.balance_coef * torch.stack(terms).sum()
+        return join_prefix(prefix, refined.to(tokens.dtype)), aux
+
+    def _record(self, layer: int, routing: Routing, patches: torch.Tensor) -> None:
+        if self.record_routing:
+            self.last_routing[layer] = routing.indices[:, 0].detach().view(patches.shape[0], patches.shape[1])
+
+    def _dense_update(
+        self, f: torch.Tensor, depth: torch.Tensor | None, layer: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Z and the balance terms, every expert evaluated at width D for every token (``dispatch="dense"``)."""
         expert_tokens = self.expert_tokens(layer)
         expert_values = self.mlp_token2feat(expert_tokens[:, 1:])  # shared by both modalities
         dv, routing_v = self._branch(f, layer, 0, expert_tokens, expert_values)
         terms = [cv_squared(routing_v.importance), cv_squared(routing_v.load)]
-        if self.record_routing:
-            self.last_routing[layer] = routing_v.indices[:, 0].detach().view(f.shape[0], f.shape[1])
+        self._record(layer, routing_v, f)
         dd = None
         if depth is not None:
-            if self.depth_proj is not None:
-                depth = self.depth_proj(depth)
             dd, routing_d = self._branch(depth, layer, self.num_routers - 1, expert_tokens, expert_values)
             terms += [cv_squared(routing_d.importance), cv_squared(routing_d.load)]
+        return self._fuse(dv, dd), terms
 
-        z = self._fuse(dv, dd)
-        refined = f + self.scale * self.mlp_delta_f(z + f)
-        aux = self.balance_coef * torch.stack(terms).sum()
-        return join_prefix(prefix, refined.to(tokens.dtype)), aux
+    def _low_rank_update(
+        self, f: torch.Tensor, depth: torch.Tensor | None, layer: int, sparse: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Z and the balance terms with the selected experts only, in their rank space (``expert_dispatch``)."""
+        batch, num, dim = f.shape
+        experts = LowRankExperts(self.experts_a[layer], self.experts_b[layer], self.mlp_token2feat)
+        inputs = [f.reshape(batch * num, dim)]
+        routers = [0]
+        if depth is not None:
+            inputs.append(depth.reshape(batch * num, dim))
+            routers.append(self.num_routers - 1)
+        routings = [self._route(x, layer, router) for x, router in zip(inputs, routers)]
+        self._record(layer, routings[0], f)
+        terms = [term for r in routings for term in (cv_squared(r.importance), cv_squared(r.load))]
+
+        # The released ungated log-sum-exp of ONE expert is log(exp(y)) = y while exp() can neither
+        # overflow nor underflow, which |y| ≤ max|V| < SAFE_EXP_BOUND guarantees: the output stays a
+        # combination of the basis. Otherwise (k > 1, or huge values) it is evaluated at width D.
+        identity_combine = self.combine == "ungated_logsumexp" and self.top_k == 1
+        in_span = self.combine == "gate_weighted"
+        if sparse:
+            reads = [expert_counts(r.indices, self.num_experts) for r in routings]
+            if identity_combine:
+                reads.append((experts.max_abs_value() < SAFE_EXP_BOUND).long().view(1))
+            host = torch.cat(reads).tolist()  # the layer's one host read
+            counts = [host[i * self.num_experts : (i + 1) * self.num_experts] for i in range(len(routings))]
+            in_span = in_span or (identity_combine and bool(host[-1]))
+            coords = [
+                pair_coordinates(x, r.indices, experts, self.token_attn, c) for x, r, c in zip(inputs, routings, counts)
+            ]
+        else:
+            coords = [masked_pair_coordinates(x, r.indices, experts, self.token_attn) for x, r in zip(inputs, routings)]
+
+        outputs = [self._combine_pairs(c, r, experts, in_span) for c, r in zip(coords, routings)]
+        if in_span:  # fuse on coordinates, back to width D once
+            visual = outputs[0].view(batch, num, -1)
+            depth_coords = outputs[1].view(batch, num, -1) if len(outputs) > 1 else None
+            fused = coordinate_fusion(visual, depth_coords, experts.gram(), self.fusion, dim)
+            return experts.to_features(fused), terms
+        dv = outputs[0].view(batch, num, dim)
+        dd = outputs[1].view(batch, num, dim) if len(outputs) > 1 else None
+        return self._fuse(dv, dd), terms
+
+    def _combine_pairs(
+        self, coords: torch.Tensor, routing: Routing, experts: LowRankExperts, in_span: bool
+    ) -> torch.Tensor:
+        """Per-pair coordinates [M, k, R] → the token's coordinates [M, R] (``in_span``) or features [M, D]."""
+        selected_gates = routing.gates.gather(1, routing.indices)  # [M, k]
+        if self.combine == "gate_weighted":
+            return (coords * selected_gates[..., None].to(coords.dtype)).sum(1)
+        if in_span:  # ungated, k = 1, no over/underflow: log(exp(y)) = y
+            return coords[:, 0]
+        # Released combine at width D: log Σ_{selected, gate > 0} exp(out), exact zeros → eps.
+        out = experts.to_features(coords)
+        zero = torch.zeros((), dtype=out.dtype, device=out.device)
+        total = torch.where(selected_gates[..., None] > 0, out.exp(), zero).sum(1)
+        total = torch.where(total == 0, torch.full((), _COMBINE_EPS, dtype=total.dtype, device=total.device), total)
+        return total.log()
 
     def queries(self) -> torch.Tensor:
         """Query embeddings [T, Q] from the per-layer mean expert token matrices (METHOD §1.8)."""
@@ -546,5 +690,5 @@ class SpectralMoE(Adapter):
             f"D={self.embed_dim}, L={self.num_layers}, E={self.num_experts}, r={self.ranks}, T={self.token_length}, "
             f"k={self.top_k}, gating={self.gating}, noisy={self.noisy_gating}, variant={self.variant}, "
             f"token_attn={self.token_attn}, combine={self.combine}, fusion={self.fusion}, gates={self.gates}, "
-            f"use_depth={self.use_depth}"
+            f"use_depth={self.use_depth}, dispatch={self.dispatch}"
         )

@@ -277,9 +277,12 @@ class DINOv3Backbone(HFViTBackbone):
         self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each ``[h*w, head_dim]``, as the model computes them for an image of this grid."""
-        inference = torch.is_inference_mode_enabled()
+        # Inside torch.compile the table is computed in the graph: the cache (a guard on its contents would
+        # recompile) and the inference-mode check (which dynamo cannot trace) serve eager runs only.
+        compiling = torch.compiler.is_compiling()
+        inference = False if compiling else torch.is_inference_mode_enabled()
         key = (grid, device, dtype, inference)
-        cached = self._rope_cache.get(key)
+        cached = None if compiling else self._rope_cache.get(key)
         if cached is not None:
             return cached
         # The RoPE module reads only the shape, device and dtype of its input: a 0-channel image suffices.
@@ -287,6 +290,8 @@ class DINOv3Backbone(HFViTBackbone):
         probe = torch.empty((1, 0, grid[0] * native[0], grid[1] * native[1]), device=device, dtype=dtype)
         with torch.no_grad():
             cos_sin = self.model.rope_embeddings(probe)
+        if compiling:
+            return cos_sin
         if len(self._rope_cache) >= _MAX_ROPE_CACHE:
             self._rope_cache.clear()
         self._rope_cache[key] = cos_sin
