@@ -31,15 +31,15 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from spectralmoe.errors import InputError, check_int
-from spectralmoe.outputs import OutputSet
 from spectralmoe.bands import (
     DEFAULT_RGB_TOLERANCE_UM,
     as_wavelength_list,
-    get_sensor,
+    load_sensor,
     rgb_band_indices,
     wavelength_distance,
 )
+from spectralmoe.errors import InputError, check_int
+from spectralmoe.outputs import OutputSet
 
 __all__ = [
     "CLASS_NAMES_TAG",
@@ -549,7 +549,7 @@ def _image_wavelengths(sensor: str | None, wavelengths: Sequence[float] | None) 
     if sensor is not None and wavelengths is not None:
         raise ValueError("give either a sensor or wavelengths for the image, not both")
     if sensor is not None:
-        return list(get_sensor(sensor).wavelengths_um)
+        return list(load_sensor(sensor).wavelengths_um)
     return None if wavelengths is None else [float(w) for w in wavelengths]
 
 
@@ -714,7 +714,8 @@ def add_viz_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--output", required=True, type=Path, help="figure PNG")
     p.add_argument("--ground-truth", type=Path, default=None, help="label raster on the same grid (255 = ignore)")
     p.add_argument("--image", type=Path, default=None, help="the input scene, for a colour composite")
-    p.add_argument("--sensor", default=None, help="sensor of --image (band wavelengths), e.g. gf2")
+    p.add_argument("--sensor", default=None, metavar="NAME|FILE.yaml",
+                   help="sensor of --image (band wavelengths): a built-in name, e.g. gf2, or a sensor YAML file")
     p.add_argument("--wavelengths", nargs="+", default=None, metavar="UM",
                    help="centre wavelengths (µm) of --image's bands, in file order")
     p.add_argument("--composite", choices=["auto", "true", "false"], default="auto",
