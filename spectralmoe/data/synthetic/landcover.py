@@ -39,6 +39,8 @@ from spectralmoe.data.synthetic.spectra import ENDMEMBERS, endmember_spectra
 __all__ = [
     "CLASSES",
     "PALETTE",
+    "SURFACE_TYPES",
+    "SURFACE_CLASS",
     "NoiseField",
     "Ground",
     "Scene",
@@ -58,6 +60,18 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 92, 230), (38, 115, 0), (255, 211, 127), (163, 255, 115), (200, 0, 0), (255, 255, 0), (160, 120, 80),
 )  # fmt: skip
 WATER, FOREST, CROPLAND, GRASSLAND, BUILT_UP, ROAD, BARE_SOIL = range(7)
+SURFACE_TYPES: tuple[str, ...] = (
+    "water_clear", "water_turbid", "forest_canopy", "garden_trees", "crop_sparse", "crop_medium", "crop_dense",
+    "field_margin", "grass_green", "grass_dry", "soil_moist", "soil_dry", "roof_concrete", "roof_tile", "roof_metal",
+    "yard_paved", "yard_unpaved", "street", "highway",
+)  # fmt: skip
+"""The world's surface types: the state of what covers each pixel (water turbidity, crop growth stage,
+grass dryness, soil moisture, roof material, paving, street or highway), finer than ``CLASSES``."""
+SURFACE_CLASS: tuple[int, ...] = (WATER, WATER, FOREST, BUILT_UP, CROPLAND, CROPLAND, CROPLAND, CROPLAND, GRASSLAND,
+                                  GRASSLAND, BARE_SOIL, BARE_SOIL, BUILT_UP, BUILT_UP, BUILT_UP, BUILT_UP, BUILT_UP,
+                                  ROAD, ROAD)  # fmt: skip
+"""The land-cover class (``CLASSES`` index) each surface type lies in."""
+_S = {name: i for i, name in enumerate(SURFACE_TYPES)}
 _NATURAL = np.array([FOREST, CROPLAND, GRASSLAND, BARE_SOIL], dtype=np.uint8)
 _M = {name: i for i, name in enumerate(ENDMEMBERS)}
 
@@ -179,7 +193,8 @@ class Ground:
 
     ``label`` uint8 class ids, ``height`` surface height (DSM, m above the water level),
     ``terrain`` bare-earth height (DTM), ``building`` bool footprints, ``abundances`` float32
-    ``[M, H, W]`` endmember fractions (times a brightness factor; ``ENDMEMBERS`` order)."""
+    ``[M, H, W]`` endmember fractions (times a brightness factor; ``ENDMEMBERS`` order), ``surface``
+    uint8 surface types (``SURFACE_TYPES``)."""
 
     gsd_m: float
     label: np.ndarray
@@ -187,6 +202,7 @@ class Ground:
     terrain: np.ndarray
     building: np.ndarray
     abundances: np.ndarray
+    surface: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -488,7 +504,32 @@ class Scene:
         brightness[water] = 1.0 + 0.3 * (brightness[water] - 1.0)
         brightness[forest] *= 0.78 + 0.14 * crown[forest]
         a *= brightness.ravel()[None]
-        return Ground(gsd, label, height.astype(np.float32), terrain.astype(np.float32), building, a.reshape(-1, *shape))
+
+        # -- surface types: the same masks and draws as the materials above, named
+        surface = np.full(shape, 255, dtype=np.uint8)
+        water_label = label == WATER
+        if water_label.any():
+            turbid = np.clip(region.turbidity + 0.15 * f["turbidity"], 0.0, 1.0) >= 0.5
+            surface[water_label] = np.where(turbid[water_label], _S["water_turbid"], _S["water_clear"])
+        surface[forest] = _S["forest_canopy"]
+        surface[gardens] = _S["garden_trees"]
+        stage = np.digitize(growth[inner], (0.35, 0.7))
+        surface[inner] = np.array([_S["crop_sparse"], _S["crop_medium"], _S["crop_dense"]], dtype=np.uint8)[stage]
+        surface[cropland & (edge < 1.5)] = _S["field_margin"]
+        grass = label == GRASSLAND
+        if grass.any():
+            dry = region.dryness + f["dryness"] >= 0.0  # sigmoid >= 0.5
+            surface[grass] = np.where(dry[grass], _S["grass_dry"], _S["grass_green"])
+        soil = label == BARE_SOIL
+        if soil.any():
+            moist = region.soil_moisture + f["moisture"] >= 0.0
+            surface[soil] = np.where(moist[soil], _S["soil_moist"], _S["soil_dry"])
+        surface[building] = _S["roof_concrete"] + b.roof[lot[building]].astype(np.uint8)
+        surface[yard] = np.where(b.paved[lot[yard]] >= 0.65, _S["yard_paved"], _S["yard_unpaved"])
+        surface[road & ~major] = _S["street"]
+        surface[road & major] = _S["highway"]
+        return Ground(gsd, label, height.astype(np.float32), terrain.astype(np.float32), building, a.reshape(-1, *shape),
+                      surface)  # fmt: skip
 
 
 def make_scene(

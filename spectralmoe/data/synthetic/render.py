@@ -204,7 +204,8 @@ def observe_window(
     top, left = r0 * oversample - halo_rows[0], c0 * oversample - halo_cols[0]
     inner = (slice(top, top + (r1 - r0) * oversample), slice(left, left + (c1 - c0) * oversample))
     fine = Ground(haloed.gsd_m, haloed.label[inner], haloed.height[inner], haloed.terrain[inner],
-                  haloed.building[inner], haloed.abundances[(slice(None), *inner)])  # fmt: skip
+                  haloed.building[inner], haloed.abundances[(slice(None), *inner)],
+                  None if haloed.surface is None else haloed.surface[inner])  # fmt: skip
     shading_height = haloed.height  # gradient on the haloed grid, cropped after
     xs = scene.pixel_centres(gsd, c1)[c0:]
     ys = scene.pixel_centres(gsd, r1)[r0:]
