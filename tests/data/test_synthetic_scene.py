@@ -91,3 +91,17 @@ def test_parallel_world_generation_writes_the_same_files(tmp_path: Path) -> None
         for path in files:
             twin = tmp_path / "two" / path.relative_to(tmp_path / "one")
             assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(twin.read_bytes()).digest(), path
+
+
+def test_every_pixel_has_a_surface_type_inside_its_class() -> None:
+    from spectralmoe.data.synthetic import SURFACE_CLASS, SURFACE_TYPES
+
+    seen: set[int] = set()
+    for region in ("north", "south", "east", "west"):
+        for index in range(3):
+            ground = make_scene((2, 7, index), region, 500.0).ground(2.0, 250)
+            assert ground.surface is not None and ground.surface.dtype == np.uint8
+            assert (ground.surface < len(SURFACE_TYPES)).all(), region  # none left unassigned (255)
+            np.testing.assert_array_equal(np.asarray(SURFACE_CLASS)[ground.surface], ground.label)
+            seen |= set(np.unique(ground.surface).tolist())
+    assert len(seen) >= 15  # most types occur in a dozen scenes
