@@ -19,8 +19,9 @@ and transformers → the same bytes.
 
 Targets (``probe``): the ridge probe on the backbone's frozen patch tokens beats the raw-pixel probe
 by ``PROBE_MARGIN`` patch accuracy on the demo's source domain and on every target domain; the depth
-model's mean per-tile Pearson correlation with the true heights reaches ``HEIGHT_TARGET`` on the
-demo's domains.
+model's mean per-tile Pearson correlation with the true heights reaches ``HEIGHT_TARGET`` on held-out
+tiles of every sensor and region (where the previous model measured 0.27–0.34); the demo's domains
+are reported apart.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class PretrainSettings:
     seed: int = 0
     tiles_per_domain: int = 24
     tile_size: int = 256
-    validation_tiles_per_domain: int = 2
+    validation_tiles_per_domain: int = 4
     probe_tiles_per_domain: int = 16
     vision_steps: int = 1800
     vision_batch_size: int = 32
@@ -140,15 +141,17 @@ def _measure_vision(folder: Path, probe_tiles: Any, seed: int) -> dict[str, Any]
             "domain_probe_random_init": domain_probe(random_init, probe_tiles)}  # fmt: skip
 
 
-def _measure_depth(folder: Path, probe_tiles: Any, validation: Any | None, seed: int) -> dict[str, Any]:
+def _measure_depth(folder: Path, validation: Any, probe_tiles: Any | None, seed: int) -> dict[str, Any]:
+    """Height correlation on held-out tiles of every sensor and region (the target, as the issue's
+    0.27–0.34 were measured) and on the demo's domains (reported)."""
     from spectralmoe.pretrain.depth import build_depth_model
     from spectralmoe.pretrain.probe import height_correlation
 
     model = type(build_depth_model(seed)).from_pretrained(folder)
-    measured = {"height_correlation": height_correlation(model, probe_tiles),
-                "height_correlation_random_init": height_correlation(build_depth_model(seed + 1), probe_tiles)}
-    if validation is not None:
-        measured["height_correlation_every_sensor"] = height_correlation(model, validation)
+    measured = {"height_correlation": height_correlation(model, validation),
+                "height_correlation_random_init": height_correlation(build_depth_model(seed + 1), validation)}
+    if probe_tiles is not None:
+        measured["height_correlation_demo_domains"] = height_correlation(model, probe_tiles)
     return measured
 
 
@@ -247,7 +250,7 @@ def pretrain_all(
             provenance = {**common, "model": DEPTH_NAME, "architecture": "DepthAnythingForDepthEstimation (transformers)",
                           "history": history}  # fmt: skip
             record = _save(model, out / DEPTH_NAME, provenance,
-                           lambda folder: _measure_depth(folder, probe_tiles, validation, settings.seed))  # fmt: skip
+                           lambda folder: _measure_depth(folder, validation, probe_tiles, settings.seed))  # fmt: skip
             records[DEPTH_NAME] = record
             log(format_measurements(record["measurements"]))
             log(f"wrote {out / DEPTH_NAME} (model.safetensors sha256 {record['sha256']['model.safetensors']})")
@@ -261,14 +264,17 @@ def pretrain_all(
 def measure_weights(out: str | os.PathLike[str], settings: PretrainSettings = PretrainSettings(), *,
                     workers: int = 2) -> dict[str, Any]:  # fmt: skip
     """The measurements of the weights already in ``out`` (nothing is trained or written)."""
+    from spectralmoe.pretrain.corpus import build_corpus
     from spectralmoe.pretrain.probe import probe_tiles as render_probe_tiles
 
     _quiet_transformers()
     out = Path(out)
+    validation = build_corpus(settings.seed, tiles_per_domain=settings.validation_tiles_per_domain,
+                              tile_size=settings.tile_size, first_index=100_000, workers=workers)  # fmt: skip
     probe_tiles = render_probe_tiles(settings.seed, tiles_per_domain=settings.probe_tiles_per_domain,
                                      tile_size=settings.tile_size, workers=workers)  # fmt: skip
     return {**_measure_vision(out / VISION_NAME, probe_tiles, settings.seed),
-            **_measure_depth(out / DEPTH_NAME, probe_tiles, None, settings.seed)}  # fmt: skip
+            **_measure_depth(out / DEPTH_NAME, validation, probe_tiles, settings.seed)}  # fmt: skip
 
 
 def targets_met(measurements: dict[str, Any]) -> bool:
@@ -299,16 +305,16 @@ def format_measurements(measurements: dict[str, Any]) -> str:
                      f"{'PASS' if probe['passed'] else 'FAIL'}")  # fmt: skip
     height = measurements.get("height_correlation")
     if height:
-        per = ", ".join(f"{d} {r:.3f}" for d, r in height["per_domain"].items())
         lines.append(f"depth model: mean per-tile Pearson r with the true heights {height['pearson_mean']:.3f} (median "
-                     f"{height['pearson_median']:.3f}, {height['tiles']} tiles of the demo's domains; {per}); target >= "
-                     f"{height['target']:.2f}: {'PASS' if height['passed'] else 'FAIL'}")  # fmt: skip
+                     f"{height['pearson_median']:.3f}, {height['tiles']} held-out tiles of every sensor and region); "
+                     f"target >= {height['target']:.2f}: {'PASS' if height['passed'] else 'FAIL'}")  # fmt: skip
         rand = measurements.get("height_correlation_random_init")
         if rand:
             lines.append(f"  random-init depth model: {rand['pearson_mean']:.3f}")
-        every = measurements.get("height_correlation_every_sensor")
-        if every:
-            lines.append(f"  every sensor and region (validation tiles): {every['pearson_mean']:.3f}")
+        demo = measurements.get("height_correlation_demo_domains")
+        if demo:
+            per = ", ".join(f"{d} {r:.3f}" for d, r in demo["per_domain"].items())
+            lines.append(f"  the demo's domains: {demo['pearson_mean']:.3f} ({per})")
     return "\n".join(lines)
 
 
