@@ -102,7 +102,6 @@ REPORT_FILES = ("report.md", "metrics.json", "figures/samples.png", "figures/rou
                 "scene/map.png")  # fmt: skip
 
 Logger = Callable[[str], None]
-_WORKERS = min(2, os.cpu_count() or 1)  # processes rendering the world's tiles (the files do not depend on it)
 
 
 @dataclass(frozen=True)
@@ -269,6 +268,7 @@ def _head_options(config: DemoConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ training
 def _train_and_test(
     method: str, seed: int, config: DemoConfig, world: Path, holdout: Path, run_dir: Path, progress: bool,
+    position: int = 0,
 ) -> tuple[Any, RunResult, dict[str, int]]:  # fmt: skip
     """Fit one method with one seed on the source domain, test it per target domain and on the held-out source."""
     import lightning as L
@@ -308,7 +308,7 @@ def _train_and_test(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=False,
-        callbacks=[StepBar(f"{label_of(method)} seed {seed}")] if progress else [],
+        callbacks=[StepBar(f"{label_of(method)} seed {seed}", position=position)] if progress else [],
         logger=CSVLogger(run_dir, name="", version="logs"),
         log_every_n_steps=max(1, min(10, config.steps)),
         default_root_dir=run_dir,
@@ -390,6 +390,95 @@ def _predict_samples(task: Any, method: str, samples: list[Sample], routing_laye
             adapter.last_routing.clear()
 
 
+# ---------------------------------------------------------------------------------------------- jobs
+@dataclass
+class _Job:
+    """One (method, seed) run, as a worker process receives it."""
+
+    method: str
+    seed: int
+    first: bool
+    position: int
+    config: DemoConfig
+    world: Path
+    holdout: Path
+    run_dir: Path
+    progress: bool
+    samples: list[Sample]
+
+
+@dataclass
+class _JobResult:
+    method: str
+    seed: int
+    run: RunResult
+    parameters: dict[str, int]
+    predictions: dict[str, np.ndarray]
+    routing: dict[str, np.ndarray]
+    export: Path | None
+    num_experts: int | None = None
+    routing_layer: int | None = None
+
+
+def _single_thread() -> None:
+    """Worker set-up: one torch thread per process. Two processes of one thread use two cores without
+    the OpenMP barrier stalls that make two threads of one process several times slower as soon as
+    anything else runs on the machine (measured: 0.18 s against 0.7–3.4 s per Freeze step)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_job(job: _Job) -> _JobResult:
+    """Train, test, (first seed:) predict the figure tiles and export the model — in a worker process."""
+    from spectralmoe.engine.export import export_trainable
+
+    with _quiet_lightning():
+        task, run, parameters = _train_and_test(job.method, job.seed, job.config, job.world, job.holdout, job.run_dir,
+                                                job.progress, job.position)  # fmt: skip
+        result = _JobResult(job.method, job.seed, run, parameters, {}, {}, None)
+        if job.first:
+            _predict_samples(task, job.method, job.samples, job.config.routing_layer)
+            result.predictions = {s.domain: s.predictions[job.method] for s in job.samples}
+            result.routing = {s.domain: s.routing for s in job.samples if s.routing is not None}
+            result.export = export_trainable(task, job.run_dir / "export")
+            adapter = task.segmentor.adapter
+            if job.method == "spectralmoe":
+                result.num_experts = int(adapter.num_experts)
+                result.routing_layer = job.config.routing_layer % int(adapter.num_layers)
+    return result
+
+
+@contextlib.contextmanager
+def _job_runner(workers: int) -> Iterator[Callable[..., Any]]:
+    """``submit(fn, *args)`` → a future-like object with ``result()``: a pool of ``workers`` single-thread
+    processes (spawned: no fork of a threaded parent), or in-process calls for ``workers`` = 1."""
+    if workers <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        _single_thread()
+
+        class _Done:
+            def __init__(self, value: Any) -> None:
+                self.value = value
+
+            def result(self) -> Any:
+                return self.value
+
+        try:
+            yield lambda fn, *args: _Done(fn(*args))
+        finally:
+            torch.set_num_threads(before)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_single_thread) as pool:  # fmt: skip
+        yield pool.submit
+
+
 # --------------------------------------------------------------------------------------------- scene
 def _render_scene(folder: Path, config: DemoConfig, progress: bool) -> SceneResult:
     from spectralmoe.data.synthetic.scene_raster import write_scene
@@ -407,8 +496,14 @@ def _render_scene(folder: Path, config: DemoConfig, progress: bool) -> SceneResu
 
 
 def _map_scene(scene: SceneResult, method: str, export: Path, out: Path, config: DemoConfig, progress: bool,
-               routing: bool) -> dict[str, Any]:  # fmt: skip
+               routing: bool, position: int = 0) -> dict[str, Any]:  # fmt: skip
     """``predict_scene`` with ``method``'s exported model, then the figure against the ground truth."""
+    with _quiet_lightning():  # transformers' weight-loading bars
+        return _map_scene_quietly(scene, method, export, out, config, progress, routing)
+
+
+def _map_scene_quietly(scene: SceneResult, method: str, export: Path, out: Path, config: DemoConfig, progress: bool,
+                       routing: bool) -> dict[str, Any]:  # fmt: skip
     from spectralmoe.predict import predict_scene
     from spectralmoe.viz import viz_figure
 
@@ -447,7 +542,7 @@ def run_demo(
     methods: Sequence[str] = DEMO_METHODS,
     quick: bool = False,
     config: DemoConfig | None = None,
-    threads: int | None = None,
+    workers: int | None = None,
     progress: bool | None = None,
     log: Logger | None = print,
     started: float | None = None,
@@ -461,7 +556,8 @@ def run_demo(
         methods: adapters to compare (any of ``spectralmoe.models.adapters.ADAPTERS``).
         quick: the reduced sizes of ``QUICK`` (tiny world, 3 steps) instead of ``FULL``.
         config: explicit sizes (overrides ``quick``).
-        threads: torch intra-op threads (default: torch's own choice).
+        workers: processes that train the runs (and render the world, map the scene) side by side, one
+            torch thread each (default: one per CPU core, at most one per run; 1 = in this process).
         progress: progress bars on stderr (default: on a terminal outside CI, ``demo_progress.bars_wanted``).
         log: where progress lines go (``None``: silent).
         started: wall-clock time (``time.time()``) at which the whole command started, e.g. before
@@ -478,13 +574,13 @@ def run_demo(
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise ValueError("no method to run")
+    runs = len(methods) * config.seeds
+    workers = max(1, min(os.cpu_count() or 1, runs) if workers is None else int(workers))
     threads_before = torch.get_num_threads()
     seed_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
-    if threads is not None:
-        torch.set_num_threads(int(threads))
     try:
-        return _run(out, world_dir, methods, quick, config, torch.get_num_threads(),
-                    bars_wanted() if progress is None else progress, say, total_start, started)  # fmt: skip
+        return _run(out, world_dir, methods, quick, config, workers, bars_wanted() if progress is None else progress,
+                    say, total_start, started)  # fmt: skip
     finally:  # leave the caller's process as it was (seed_everything writes these variables)
         torch.set_num_threads(threads_before)
         for name, value in seed_env.items():
@@ -496,11 +592,10 @@ def run_demo(
 
 def _run(
     out: str | os.PathLike[str], world_dir: str | os.PathLike[str] | None, methods: list[str], quick: bool,
-    config: DemoConfig, threads_used: int, progress: bool, say: Logger, total_start: float, started: float | None,
+    config: DemoConfig, workers: int, progress: bool, say: Logger, total_start: float, started: float | None,
 ) -> DemoResult:  # fmt: skip
-    """The body of ``run_demo`` (which owns the thread setting)."""
+    """The body of ``run_demo`` (which restores the process state)."""
     from spectralmoe.data.synthetic import generate_world, synthetic_task
-    from spectralmoe.engine.export import export_trainable
 
     out = Path(out)
     figures_dir = out / "figures"
@@ -514,10 +609,10 @@ def _run(
     start = time.perf_counter()
     index = generate_world(folder / "world", regions=REGIONS, sensors=SENSORS, tiles_per_domain=config.tiles_per_domain,
                            tile_size=config.tile_size, seed=config.seed, source=SOURCE, progress=progress,
-                           workers=_WORKERS)  # fmt: skip
+                           workers=workers)  # fmt: skip
     generate_world(folder / "source-holdout", regions=REGIONS, sensors=(SOURCE[0],), source=(SOURCE[0], REGIONS[1]),
                    tiles_per_domain=config.holdout_tiles, tile_size=config.tile_size,
-                   seed=config.seed + HOLDOUT_SEED_OFFSET, progress=progress, workers=_WORKERS)  # fmt: skip
+                   seed=config.seed + HOLDOUT_SEED_OFFSET, progress=progress, workers=workers)  # fmt: skip
     seconds["world"] = round(time.perf_counter() - start, 1)
     say(f"world: {folder} ({seconds['world']:.1f} s; {len(index.tiles)} tiles of {config.tile_size} px)")
     scene = None
@@ -535,52 +630,61 @@ def _run(
     target_domains = sorted(synthetic_task(folder / "world").target_domains)
     samples += [_pick_sample(folder / "world", domain, domain) for domain in target_domains]
 
-    # 3. train and test every method with every seed; export each method's first-seed model
-    results: dict[str, MethodResult] = {}
+    # 3. train and test every method with every seed (in parallel single-thread processes); export
+    #    and draw each method's first-seed model
+    results: dict[str, MethodResult] = {method: MethodResult(method) for method in methods}
     exports: dict[str, Path] = {}
     num_experts = routing_layer = None
-    with _quiet_lightning():
-        for method in methods:
-            result = MethodResult(method)
-            method_dir = out / "runs" / method
-            if method_dir.is_dir():  # this demo's own output of an earlier run: replaced, not mixed
-                shutil.rmtree(method_dir)
-            for k, seed in enumerate(config.training_seeds):
-                say(f"{label_of(method)} seed {seed}: training {config.steps} steps on {source_name} …")
-                run_dir = method_dir / f"seed{seed}"
-                task, run, parameters = _train_and_test(method, seed, config, folder / "world",
-                                                        folder / "source-holdout", run_dir, progress)  # fmt: skip
-                result.runs.append(run)
-                result.trainable_parameters, result.method_parameters = parameters["trainable"], parameters["method"]
-                if k == 0:
-                    _predict_samples(task, method, samples, config.routing_layer)
-                    exports[method] = export_trainable(task, run_dir / "export")
-                    if method == "spectralmoe":
-                        adapter = task.segmentor.adapter
-                        num_experts = int(adapter.num_experts)
-                        routing_layer = config.routing_layer % int(adapter.num_layers)
-                say(f"{label_of(method)} seed {seed}: source (held out) mIoU {run.source['mIoU']:.1f}, mean target "
-                    f"mIoU {run.mean_target['mIoU']:.1f} (train {run.train_seconds:.0f} s, test "
-                    f"{run.eval_seconds:.0f} s)")  # fmt: skip
-                del task
-            results[method] = result
-    seconds["train"] = round(sum(r.train_seconds for r in results.values()), 1)
-    seconds["test"] = round(sum(r.eval_seconds for r in results.values()), 1)
+    for method in methods:
+        method_dir = out / "runs" / method
+        if method_dir.is_dir():  # this demo's own output of an earlier run: replaced, not mixed
+            shutil.rmtree(method_dir)
+    jobs = [_Job(method, seed, k == 0, k % max(1, workers), config, folder / "world", folder / "source-holdout",
+                 out / "runs" / method / f"seed{seed}", progress, samples)
+            for method in methods for k, seed in enumerate(config.training_seeds)]  # fmt: skip
+    say(f"training {len(jobs)} runs ({', '.join(label_of(m) for m in methods)} x seeds "
+        f"{', '.join(map(str, config.training_seeds))}; {config.steps} steps each on {source_name}) in {workers} "
+        f"process(es) of one thread …")  # fmt: skip
+    start = time.perf_counter()
+    with _job_runner(workers) as submit:
+        futures = [submit(_run_job, job) for job in jobs]
+        for future in futures:
+            done: _JobResult = future.result()
+            run = done.run
+            result = results[done.method]
+            result.runs.append(run)
+            result.trainable_parameters = done.parameters["trainable"]
+            result.method_parameters = done.parameters["method"]
+            if done.export is not None:
+                exports[done.method] = done.export
+                for sample in samples:
+                    sample.predictions[done.method] = done.predictions[sample.domain]
+                    if done.method == "spectralmoe":
+                        sample.routing = done.routing.get(sample.domain)
+            if done.num_experts is not None:
+                num_experts, routing_layer = done.num_experts, done.routing_layer
+            say(f"{label_of(done.method)} seed {done.seed}: source (held out) mIoU {run.source['mIoU']:.1f}, mean "
+                f"target mIoU {run.mean_target['mIoU']:.1f} (train {run.train_seconds:.0f} s, test "
+                f"{run.eval_seconds:.0f} s)")  # fmt: skip
+        seconds["train_and_test_wall"] = round(time.perf_counter() - start, 1)
+        seconds["train"] = round(sum(r.train_seconds for r in results.values()), 1)
+        seconds["test"] = round(sum(r.eval_seconds for r in results.values()), 1)
 
-    # 4. map the scene with the best method (and SpectralMoE for its routing map)
-    if scene is not None:
-        start = time.perf_counter()
-        scene.best = max(results, key=lambda m: results[m].mean(MEAN_PLACE))
-        mapped = [scene.best] + (["spectralmoe"] if "spectralmoe" in results and scene.best != "spectralmoe" else [])
-        with _quiet_lightning():  # also transformers' weight-loading bars
-            for method in mapped:
-                say(f"scene: mapping with {label_of(method)} (seed {config.seed}) …")
-                record = scene.maps[method] = _map_scene(scene, method, exports[method], out, config, progress,
-                                                         routing=method == "spectralmoe")  # fmt: skip
+        # 4. map the scene with the best method (and SpectralMoE for its routing map), in parallel too
+        if scene is not None:
+            start = time.perf_counter()
+            scene.best = max(results, key=lambda m: results[m].mean(MEAN_PLACE))
+            mapped = [scene.best] + (["spectralmoe"] if "spectralmoe" in results and scene.best != "spectralmoe"
+                                     else [])  # fmt: skip
+            say(f"scene: mapping with {' and '.join(label_of(m) for m in mapped)} (seed {config.seed}) …")
+            maps = [submit(_map_scene, scene, method, exports[method], out, config, progress, method == "spectralmoe",
+                           position) for position, method in enumerate(mapped)]  # fmt: skip
+            for method, future in zip(mapped, maps):
+                record = scene.maps[method] = future.result()
                 say(f"scene: {label_of(method)} overall accuracy {record['overall_accuracy']:.1f} %, mIoU "
                     f"{record['mIoU']:.1f} % against the ground truth ({record['tiles']} tiles, "
                     f"{record['seconds']:.0f} s)")  # fmt: skip
-        seconds["scene_map"] = round(time.perf_counter() - start, 1)
+            seconds["scene_map"] = round(time.perf_counter() - start, 1)
 
     # 5. figures, metrics, report
     start = time.perf_counter()
@@ -593,7 +697,7 @@ def _run(
     seconds["total"] = round(time.perf_counter() - total_start, 1)
     if started is not None:
         seconds["since_start"] = round(time.time() - started, 1)
-    machine = {"threads": threads_used, "cpus": os.cpu_count(), "load_start": [round(v, 2) for v in load_start],
+    machine = {"workers": workers, "threads_per_worker": 1, "cpus": os.cpu_count(), "load_start": [round(v, 2) for v in load_start],
                "load_end": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
     _write_metrics(result, world_parameters, command, machine)
     write_report(result, world_parameters, command, machine, _provenance(), _versions())
@@ -701,7 +805,9 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kinds.get(name, int), default=None,
                        help=f"default {getattr(FULL, name)} ({getattr(QUICK, name)} with --quick)"
                        + ("; 0: no scene" if name == "scene_size" else ""))  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes of one torch thread each that train the runs side by side (default: one per CPU "
+                   "core; 1: in the demo's own process)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bars (they are shown on a terminal outside CI)")
     p.add_argument("--started", type=float, default=None,
@@ -711,7 +817,7 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_demo_command(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in _CLI_FIELDS if getattr(args, name) is not None}
-    run_demo(args.out, world_dir=args.world_dir, methods=args.methods, quick=args.quick, threads=args.threads,
+    run_demo(args.out, world_dir=args.world_dir, methods=args.methods, quick=args.quick, workers=args.workers,
              progress=args.progress, started=args.started, **overrides)  # fmt: skip
     return 0
 

@@ -40,15 +40,16 @@ def _tqdm(**kwargs: Any) -> Any:
 class StepBar(Callback):
     """One bar over the training run's optimiser steps (loss, time left), one over the test batches."""
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, position: int = 0) -> None:
         super().__init__()
         self.description = description
+        self.position = position  # its line on the terminal when several runs train side by side
         self._train: Any = None
         self._test: Any = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        self._train = _tqdm(total=total, desc=f"{self.description}: train", unit="step")
+        self._train = _tqdm(total=total, desc=f"{self.description}: train", unit="step", position=self.position)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
@@ -71,7 +72,7 @@ class StepBar(Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = sum(int(n) for n in trainer.num_test_batches) if trainer.num_test_batches else None
-        self._test = _tqdm(total=total, desc=f"{self.description}: test", unit="batch")
+        self._test = _tqdm(total=total, desc=f"{self.description}: test", unit="batch", position=self.position)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip

@@ -602,7 +602,8 @@ def _time_lines(result: Any, machine: dict[str, Any]) -> list[str]:
     lines = [
         "## Run times",
         "",
-        f"CPU, {machine['threads']} torch thread(s), {machine['cpus']} logical cores visible; load average "
+        f"CPU: {machine['workers']} process(es) of {machine['threads_per_worker']} torch thread each, "
+        f"{machine['cpus']} logical cores visible; load average "
         f"(1, 5, 15 min) {', '.join(f'{v:.1f}' for v in machine['load_start'])} at the start, "
         f"{', '.join(f'{v:.1f}' for v in machine['load_end'])} at the end"
         + (" — **the machine was shared with other work; times are longer than on an idle machine.**"
@@ -615,9 +616,11 @@ def _time_lines(result: Any, machine: dict[str, Any]) -> list[str]:
     ]
     if scene is not None:
         lines.append(f"| scene rendering (≈0 when cached) | {seconds.get('scene_render', 0.0):.1f} |")
+    lines.append(f"| training and testing every run ({machine['workers']} run(s) side by side), wall time | "
+                 f"{seconds.get('train_and_test_wall', 0.0):.1f} |")  # fmt: skip
     for method, r in result.methods.items():
-        lines.append(f"| {label_of(method)}: train, {len(r.runs)} seed(s) | {r.train_seconds:.1f} |")
-        lines.append(f"| {label_of(method)}: test (targets + held-out source), {len(r.runs)} seed(s) | "
+        lines.append(f"| — {label_of(method)}: train, {len(r.runs)} seed(s), summed over runs | {r.train_seconds:.1f} |")
+        lines.append(f"| — {label_of(method)}: test (targets + held-out source), {len(r.runs)} seed(s), summed | "
                      f"{r.eval_seconds:.1f} |")  # fmt: skip
     if scene is not None:
         lines.append(f"| scene mapping and its figures | {seconds.get('scene_map', 0.0):.1f} |")

@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def test_metrics_json_holds_every_seed_and_their_mean_and_std(quick_demo) -> Non
     assert metrics["methods"]["spectralmoe"]["method_parameters"] > metrics["methods"]["rein"]["method_parameters"] > 0
     assert set(metrics["weights"]) == {"synthetic-dinov2", "synthetic-depth-anything"}
     assert metrics["config"]["steps"] == QUICK.steps
+    assert metrics["machine"]["workers"] == min(os.cpu_count() or 1, 6)  # runs trained side by side
     for comparison in metrics["comparisons"]:  # "exceeds the seed spread" = the seed ranges do not overlap
         low_of_higher = comparison["range_higher"][0]
         high_of_lower = comparison["range_lower"][1]
@@ -142,8 +144,11 @@ def test_report_says_synthetic_and_holds_the_tables_seeds_scene_and_times(quick_
 def test_second_run_reuses_the_cached_world_and_scene(quick_demo, tmp_path: Path) -> None:
     result, _ = quick_demo
     again = run_demo(tmp_path / "again", world_dir=result.world.parent, quick=True, methods=["freeze"], seeds=1,
-                     progress=False, log=None)  # fmt: skip
+                     progress=False, log=None, workers=1)  # fmt: skip
     assert again.world == result.world
+    # in this process (workers=1) or in a worker process: the same run gives the same numbers
+    assert result.config.training_seeds[0] == again.methods["freeze"].runs[0].seed
+    assert again.methods["freeze"].runs[0].targets == result.methods["freeze"].runs[0].targets
     assert again.seconds["world"] < 2.0 and again.scene is not None and again.scene.cached  # nothing rendered
     assert list(again.methods) == ["freeze"] and len(again.methods["freeze"].runs) == 1
     assert (tmp_path / "again" / "figures" / "routing.png").is_file()  # says SpectralMoE was not run
@@ -243,10 +248,11 @@ def test_cli_parser() -> None:
     parser = argparse.ArgumentParser(prog="spectralmoe")
     add_demo_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["demo", "--quick", "--steps", "5", "--out", "r", "--methods", "freeze", "rein",
-                              "--seeds", "3", "--scene-size", "0", "--no-progress", "--started", "12.5"])  # fmt: skip
+                              "--seeds", "3", "--scene-size", "0", "--no-progress", "--started", "12.5",
+                              "--workers", "1"])  # fmt: skip
     assert callable(args.func) and args.quick and args.steps == 5 and args.out == Path("r")
     assert args.methods == ["freeze", "rein"] and args.seed is None and args.seeds == 3 and args.scene_size == 0
-    assert args.progress is False and args.started == 12.5
+    assert args.progress is False and args.started == 12.5 and args.workers == 1
     defaults = parser.parse_args(["demo"])
     assert defaults.out == Path("demo-report") and defaults.methods == list(DEMO_METHODS) and not defaults.quick
     assert defaults.progress is None and defaults.seeds is None
