@@ -147,6 +147,10 @@ def test_cross_domain_normalisation_stays_within_a_band_layout() -> None:
 def test_corpus_targets_are_fractions_consistent_with_the_labels() -> None:
     corpus = build_corpus(7, tiles_per_domain=1, tile_size=64, sensors=("gf2", "rgb"), regions=("north", "east"))
     assert len(corpus) == 4 and corpus.raw[0].dtype == torch.uint8 and corpus.raw[2].shape[0] == 3
+    assert (corpus.above_ground >= -1e-3).all() and corpus.above_ground.amax() > 2.0  # things stand on the terrain
+    assert torch.equal(corpus.heights("surface"), corpus.height)
+    with pytest.raises(ValueError, match="height kind"):
+        corpus.heights("dtm")
     for fractions in (corpus.materials.float(), corpus.surface.float()):
         assert fractions.shape[-2:] == (64 // CELL, 64 // CELL) and (fractions >= 0).all()
         torch.testing.assert_close(fractions.sum(1), torch.ones(4, 16, 16), atol=2e-3, rtol=0)

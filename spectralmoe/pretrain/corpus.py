@@ -8,7 +8,8 @@ it is made of, which the world generator knows and no demo label holds:
 * ``surface`` — the fractions of the 19 surface types (``SURFACE_TYPES``: water turbidity, crop growth
   stage, grass dryness, soil moisture, roof material, paving, street or highway, forest or garden
   trees) in every ``CELL`` × ``CELL`` cell of the tile, and
-* ``height`` — the surface height map (m).
+* ``height`` — the surface height map (DSM, m) and ``terrain`` — the bare-earth height under it (DTM),
+  so that ``above_ground`` = height − terrain is what stands on the ground (buildings, trees, crops).
 
 ``label`` (the demo's 7 land-cover classes) is kept only to *measure* the models (probes); no
 objective reads it.
@@ -46,12 +47,14 @@ OVERSAMPLE = 3
 @dataclass
 class PretrainCorpus:
     """Rendered tiles. ``raw[i]``: tile i's product ``[C_i, H, W]`` (the sensor's bands and dtype);
-    ``height`` ``[N, H, W]`` m; ``label`` ``[N, H, W]`` class ids (measurements only); ``materials``
+    ``height`` ``[N, H, W]`` surface height (DSM, m), ``terrain`` the bare earth under it (DTM, m);
+    ``label`` ``[N, H, W]`` class ids (measurements only); ``materials``
     ``[N, M, H/CELL, W/CELL]`` and ``surface`` ``[N, T, H/CELL, W/CELL]`` fractions (float16, sum 1
     per cell); ``sensor`` / ``region`` per tile."""
 
     raw: list[torch.Tensor]
     height: torch.Tensor
+    terrain: torch.Tensor
     label: torch.Tensor
     materials: torch.Tensor
     surface: torch.Tensor
@@ -66,6 +69,17 @@ class PretrainCorpus:
     def tile_size(self) -> int:
         return int(self.height.shape[-1])
 
+    @property
+    def above_ground(self) -> torch.Tensor:
+        """``[N, H, W]`` height of what stands on the terrain (normalised DSM: height − terrain, m)."""
+        return self.height - self.terrain
+
+    def heights(self, kind: str) -> torch.Tensor:
+        """``"surface"`` (DSM) or ``"above_ground"`` (normalised DSM) heights ``[N, H, W]``."""
+        if kind not in ("surface", "above_ground"):
+            raise ValueError(f"height kind must be 'surface' or 'above_ground', got {kind!r}")
+        return self.height if kind == "surface" else self.above_ground
+
     def domains(self) -> list[tuple[str, str]]:
         """The (sensor, region) pairs present, in first-seen order."""
         return list(dict.fromkeys(zip(self.sensor, self.region)))
@@ -79,7 +93,8 @@ class PretrainCorpus:
         pick = torch.as_tensor(index, dtype=torch.long).tolist()
         idx = torch.as_tensor(pick, dtype=torch.long)
         return PretrainCorpus(
-            [self.raw[i] for i in pick], self.height[idx], self.label[idx], self.materials[idx], self.surface[idx],
+            [self.raw[i] for i in pick], self.height[idx], self.terrain[idx], self.label[idx], self.materials[idx],
+            self.surface[idx],
             [self.sensor[i] for i in pick], [self.region[i] for i in pick], self.world_seed,
         )  # fmt: skip
 
@@ -105,7 +120,8 @@ def _render(job: tuple[str, str, int, int, int]) -> tuple[np.ndarray, ...]:
     materials = materials / np.maximum(materials.sum(axis=0, keepdims=True), 1e-6)
     assert fine.surface is not None
     surface = _cell_fractions(fine.surface, len(SURFACE_TYPES), OVERSAMPLE * CELL)
-    return (view.image, view.height.astype(np.float32), view.label.astype(np.uint8),
+    terrain = block_mean(fine.terrain, OVERSAMPLE).astype(np.float32)  # on the sensor grid, like view.height
+    return (view.image, view.height.astype(np.float32), terrain, view.label.astype(np.uint8),
             materials.astype(np.float16), surface.astype(np.float16))  # fmt: skip
 
 
@@ -137,7 +153,7 @@ def build_corpus(
             tiles = list(pool.map(_render, jobs, chunksize=4))
     else:
         tiles = [_render(job) for job in jobs]
-    height, label, materials, surface = (torch.from_numpy(np.stack([t[k] for t in tiles])) for k in range(1, 5))
-    return PretrainCorpus([torch.from_numpy(t[0]) for t in tiles], height, label, materials, surface,
+    height, terrain, label, materials, surface = (torch.from_numpy(np.stack([t[k] for t in tiles])) for k in range(1, 6))
+    return PretrainCorpus([torch.from_numpy(t[0]) for t in tiles], height, terrain, label, materials, surface,
                           [j[0] for j in jobs], [j[1] for j in jobs], world_seed)  # fmt: skip
 

@@ -7,7 +7,8 @@ cell (4 × 4 cells of 4 × 4 pixels), through one linear layer thrown away after
 * the fractions of the 19 **surface types** — water turbidity, crop growth stage, field margins,
   grass dryness, soil moisture, roof material, paved or unpaved yards, streets, highways, forest or
   garden trees (soft cross-entropy), per cell and over the whole patch,
-* the surface **height**, standardised per tile (L1, weight ``height_weight``).
+* the **height** of what stands on the ground (buildings, trees, crops: surface minus terrain; or the
+  whole surface with ``height_kind="surface"``), standardised per tile (L1, weight ``height_weight``).
 
 These targets come from the world generator, for tiles of every sensor and region of a world drawn
 with another seed than any demo world. They are not the demo's 7 land-cover classes, but the surface
@@ -104,11 +105,13 @@ def vision_batch(
     crop: int | None,
     cross_domain: float,
     generator: torch.Generator,
+    height_kind: str = "above_ground",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs ``[B, 4, S, S]``, materials and surface fractions ``[B, K, S/CELL, S/CELL]`` and the
     per-tile standardised height per cell ``[B, 1, S/CELL, S/CELL]`` (S = ``crop`` or the tile size)."""
     size = corpus.tile_size
     side = size if crop is None or crop >= size else crop
+    all_heights = corpus.heights(height_kind)
     inputs, materials, surfaces, heights = [], [], [], []
     for i in index:
         domain = (corpus.sensor[i], corpus.region[i])
@@ -125,7 +128,7 @@ def vision_batch(
         inputs.append(vision_input(corpus.raw[i][:, rows, cols], domain[0], mean, std))
         materials.append(corpus.materials[i][:, cell_rows, cell_cols].float())
         surfaces.append(corpus.surface[i][:, cell_rows, cell_cols].float())
-        height = corpus.height[i][rows, cols]
+        height = all_heights[i][rows, cols]
         height = (height - height.mean()) / height.std().clamp_min(0.5)
         heights.append(F.avg_pool2d(height[None, None], CELL)[0])
     return torch.stack(inputs), torch.stack(materials), torch.stack(surfaces), torch.stack(heights)
@@ -159,6 +162,7 @@ def pretrain_vision(
     weight_decay: float = 0.05,
     cross_domain: float = 0.75,
     height_weight: float = 0.5,
+    height_kind: str = "above_ground",
     warmup: int | None = None,
     seed: int = 0,
     validation: PretrainCorpus | None = None,
@@ -190,7 +194,7 @@ def pretrain_vision(
     generator = torch.Generator().manual_seed(seed)
     history: dict[str, Any] = {
         "objective": "per 4x4-pixel cell: soft cross-entropy on 11 material fractions + 19 surface-type fractions, "
-        f"{height_weight} x L1 on per-tile standardised height; per patch: soft cross-entropy on the 19 surface-type "
+        f"{height_weight} x L1 on per-tile standardised {height_kind} height; per patch: soft cross-entropy on the 19 surface-type "
         "fractions",
         "loss": [],
     }
@@ -201,7 +205,7 @@ def pretrain_vision(
         whole = step >= steps - full_steps
         index = draw_batch(len(corpus), full_batch_size if whole else batch_size, generator).tolist()
         batch = vision_batch(corpus, index, stats, pool, crop=None if whole else crop, cross_domain=cross_domain,
-                             generator=generator)  # fmt: skip
+                             generator=generator, height_kind=height_kind)  # fmt: skip
         batch = tuple(flip_rotate(*batch, generator=generator))
         loss, parts = _objective(model, decoder, batch, height_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -223,14 +227,15 @@ def pretrain_vision(
     model.eval()
     history["seconds"] = round(time.perf_counter() - start, 1)
     if validation is not None:
-        history["validation"] = validation_losses(model, decoder, validation, stats=stats, height_weight=height_weight)
+        history["validation"] = validation_losses(model, decoder, validation, stats=stats, height_weight=height_weight,
+                                                  height_kind=height_kind)  # fmt: skip
     return model, history
 
 
 @torch.no_grad()
 def validation_losses(
     model: Dinov2Model, decoder: DenseTargets, corpus: PretrainCorpus, *, stats: dict | None = None,
-    height_weight: float = 0.5, batch_size: int = 8,
+    height_weight: float = 0.5, batch_size: int = 8, height_kind: str = "above_ground",
 ) -> dict[str, float]:  # fmt: skip
     """The objective's terms on held-out whole tiles, each normalised with its own domain's statistics
     (``stats`` default: the held-out tiles' own)."""
@@ -243,7 +248,8 @@ def validation_losses(
     model.eval()
     for start in range(0, len(corpus), batch_size):
         index = list(range(start, min(len(corpus), start + batch_size)))
-        batch = vision_batch(corpus, index, stats, pool, crop=None, cross_domain=0.0, generator=generator)
+        batch = vision_batch(corpus, index, stats, pool, crop=None, cross_domain=0.0, generator=generator,
+                             height_kind=height_kind)  # fmt: skip
         _, parts = _objective(model, decoder, batch, height_weight)
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value) * len(index)
