@@ -14,9 +14,10 @@ Why above ground and not the whole surface (``height_kind="surface"``, what the 
 learnt): a single nadir image shows terrain relief only through shading, and in the world's dry
 south region under a high sun the terrain makes ~99 % of a tile's height variance; monocular height
 estimation in remote sensing predicts the normalised DSM for that reason. Trained on the whole
-surface (same schedule), the model reached a mean per-tile Pearson r of 0.44 on held-out tiles of
-every sensor and region (0.13–0.34 in the south domains). Both correlations are measured and
-reported (``probe.height_correlation``).
+surface (``python scripts/pretrain_synthetic.py --height-kind surface``, otherwise the same settings),
+the model reached a mean per-tile Pearson r of 0.44 with the whole surface on held-out tiles of every
+sensor and region (0.13–0.34 in the demo's south domains). Both correlations are measured and reported
+(``probe.height_correlation``).
 
 Initialisation: like Depth Anything V2, whose encoder starts from DINOv2, the encoder starts from
 the pretrained ``synthetic-dinov2`` backbone (position table, its first blocks, and its NIR,R,G,B
