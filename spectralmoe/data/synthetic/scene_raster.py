@@ -122,7 +122,8 @@ def write_scene(
     transform = Affine(gsd, 0.0, 300_000.0, 0.0, -gsd, 3_500_000.0)
     common = {"driver": "GTiff", "height": size, "width": size, "crs": CRS, "transform": transform, "tiled": True,
               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
-    image_tmp, label_tmp = folder / ".image.tif.tmp", folder / ".label.tif.tmp"
+    # temporary names of this process only: two runs sharing a cache never rename each other's files
+    image_tmp, label_tmp, note_tmp = (folder / f".{name}.{os.getpid()}.tmp" for name in SCENE_FILES)
     starts = list(range(0, size, window))
     total, done = len(starts) ** 2, 0
     try:
@@ -152,10 +153,10 @@ def write_scene(
                 "extent_m": size * gsd, "seconds": seconds}  # fmt: skip
         os.replace(image_tmp, files.image)
         os.replace(label_tmp, files.label)
-        (folder / ".scene.json.tmp").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        os.replace(folder / ".scene.json.tmp", folder / "scene.json")
+        note_tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        os.replace(note_tmp, folder / "scene.json")
     except BaseException:
-        for leftover in (image_tmp, label_tmp, folder / ".scene.json.tmp"):
+        for leftover in (image_tmp, label_tmp, note_tmp):
             leftover.unlink(missing_ok=True)
         raise
     return SceneFiles(folder, files.image, files.label, sensor, region, size, gsd, seconds, False)
