@@ -445,11 +445,15 @@ def _weights_lines(provenance: dict[str, Any]) -> list[str]:
         height = measured.get("height_correlation")
         what = ""
         if probe and "min_gap" in probe:
-            what = (f"; ridge probe on frozen patch tokens minus raw-pixel probe, patch accuracy: smallest gap over the "
-                    f"demo's domains {probe['min_gap']:+.3f} (target ≥ {probe.get('margin', float('nan')):+.2f})")
+            what = (f"; ridge probe on its frozen patch tokens minus the raw-pixel probe (patch accuracy), smallest over "
+                    f"the demo's domains: {probe['min_gap']:+.3f} (target ≥ {probe.get('margin', float('nan')):+.2f})")
         if height and "pearson_mean" in height:
-            what = (f"; Pearson r of predicted and true heights {height['pearson_mean']:.3f} "
+            kind = "heights above the ground" if height.get("heights") == "above_ground" else "heights"
+            what = (f"; mean per-tile Pearson r with the true {kind} {height['pearson_mean']:.3f} "
                     f"(target ≥ {height.get('target', float('nan')):.1f})")  # fmt: skip
+            surface = measured.get("height_correlation_surface")
+            if surface:
+                what += f", with the whole surface (terrain included) {surface['pearson_mean']:.3f}"
         lines.append(f"* `{name}`: `{record.get('command', '?')}` (seed {record.get('seed', '?')}){what}; "
                      f"model.safetensors SHA-256 `{sha}`")  # fmt: skip
     return lines
@@ -484,8 +488,11 @@ def write_report(result: Any, world_parameters: dict[str, Any], command: str, ma
         f"* **World:** {config.tiles_per_domain} tiles of {config.tile_size}×{config.tile_size} px per domain "
         f"({grid}×{grid} tokens at patch 16) at each sensor's GSD ({gsds}); 7 classes; world seed {config.seed} "
         f"(the same for every run).",
-        f"* **Frozen models:** backbone `synthetic-dinov2`, depth model `synthetic-depth-anything` (SpectralMoE only), "
-        f"both pretrained on another synthetic world (provenance and measurements below).",
+        "* **Frozen models:** backbone `synthetic-dinov2` (NIR,R,G,B), depth model `synthetic-depth-anything` "
+        "(SpectralMoE only), both pretrained on another synthetic world (seed 1000 + its seed), never on a tile or label "
+        "of this demo. The backbone learnt, in every sensor and region, to predict the world's materials, heights and "
+        "*surface types* — which refine these 7 classes (crop growth stages, roof materials, …): a frozen model aligned "
+        "with the task, as a real foundation model's pretraining data are. Measurements below.",
         f"* **Methods:** {', '.join(label_of(m) for m in results)} (SpectralMoE: paper variant, paper defaults), each "
         f"with a {head}; {config.steps} AdamW steps of batch {config.batch_size}, lr {config.lr:g}, poly decay.",
         f"* **Seeds:** {len(seeds)} per method ({', '.join(map(str, seeds))}): weight initialisation and data order "
@@ -603,11 +610,12 @@ def _time_lines(result: Any, machine: dict[str, Any]) -> list[str]:
         "## Run times",
         "",
         f"CPU: {machine['workers']} process(es) of {machine['threads_per_worker']} torch thread each, "
-        f"{machine['cpus']} logical cores visible; load average "
-        f"(1, 5, 15 min) {', '.join(f'{v:.1f}' for v in machine['load_start'])} at the start, "
-        f"{', '.join(f'{v:.1f}' for v in machine['load_end'])} at the end"
-        + (" — **the machine was shared with other work; times are longer than on an idle machine.**"
-           if max(machine["load_start"][0], machine["load_end"][0]) > machine["cpus"] + 0.5 else ".")
+        f"{machine['cpus']} logical cores visible. Load average (1, 5, 15 min) when the demo started: "
+        f"{', '.join(f'{v:.1f}' for v in machine['load_start'])} (about 0 on an idle machine; what ran just before, e.g. "
+        f"the set-up, counts too); at the end: {', '.join(f'{v:.1f}' for v in machine['load_end'])} (the demo's own "
+        f"{machine['workers']} busy processes count {machine['workers']})"
+        + (" — **other work shared the machine: times are longer than on an idle one.**"
+           if machine["load_start"][0] > 1.0 or machine["load_end"][0] > machine["workers"] + 0.5 else ".")
         + "",
         "",
         "| step | seconds |",

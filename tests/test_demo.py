@@ -136,7 +136,7 @@ def test_report_says_synthetic_and_holds_the_tables_seeds_scene_and_times(quick_
                    "figures/scene_routing.png", "scene/map.png"):  # fmt: skip
         assert f"]({figure})" in report, figure
     assert "spectralmoe demo --out" in report and "--quick" in report and "pretrain_synthetic.py" in report
-    assert "load average" in report and "predict-scene" in report
+    assert "Load average" in report and "predict-scene" in report
     assert any("SYNTHETIC" in line for line in lines)  # the console says so too
     assert result.table("mIoU") in report
 
