@@ -1,22 +1,28 @@
 """``spectralmoe demo``: a complete domain-generalisation experiment on SYNTHETIC data, on CPU.
 
-One command shows the product doing its main job without downloading anything:
+One command shows the product doing its job without downloading anything:
 
 1. **World.** Generate (or reuse from the cache) the package's synthetic multi-sensor world
    (``spectralmoe.data.synthetic``): GF-2-, PlanetScope- and Sentinel-2-like NIR,R,G,B products of
-   two regions (north, south). The source domain is ``gf2/north``; the five other (sensor, region)
-   pairs are the unseen target domains. A second small world drawn with another seed holds
-   ``gf2/north`` tiles never used in training: the **held-out source** score.
-2. **Methods.** Fine-tune Freeze, Rein and SpectralMoE (paper variant) on the source domain, each on
-   the frozen ``synthetic-dinov2`` backbone (SpectralMoE also reads the frozen
-   ``synthetic-depth-anything`` depth model) — small models pretrained on the synthetic world and
-   shipped in ``spectralmoe/weights/`` — with the real ``SegmentationTask`` / ``DGDataModule`` /
-   Lightning ``Trainer`` pipeline.
-3. **Evaluation.** Test every method on each target domain and on the held-out source tiles.
-4. **Report.** ``<out>/report.md`` (per-domain mIoU / mAcc tables, source→target drop, run times,
-   the commands that reproduce it, the weights' provenance), ``<out>/metrics.json`` and PNG figures
-   in ``<out>/figures/``: false-colour composites, ground truth and every method's prediction of
-   one tile per domain, SpectralMoE's top-1 expert per patch at one layer, and a bar chart.
+   two regions (north, south), tiles of 256 × 256 pixels (a 16 × 16 token grid at patch 16). The
+   source domain is ``gf2/north``; the five other (sensor, region) pairs are the unseen target
+   domains. A second small world drawn with another seed holds ``gf2/north`` tiles never used in
+   training: the **held-out source** score.
+2. **Methods × seeds.** Fine-tune Freeze, Rein and SpectralMoE (paper variant) on the source domain,
+   each with N seeds (``--seeds``; the world stays fixed, initialisation and data order change), on the
+   frozen ``synthetic-dinov2`` backbone (SpectralMoE also reads the frozen ``synthetic-depth-anything``
+   depth model) — small models pretrained on the synthetic world and shipped in
+   ``spectralmoe/weights/`` — with the real ``SegmentationTask`` / ``DGDataModule`` / Lightning
+   ``Trainer`` pipeline. A progress bar shows steps, losses and time left (terminals only).
+3. **Evaluation.** Test every run on each target domain and on the held-out source tiles; report
+   mean ± std over seeds and say, in words, which differences exceed the seed spread.
+4. **A mapped scene.** Render one large target-domain scene (``planetscope/south``, 2048 × 2048 pixels
+   at 3 m: 6.1 km of ground, a GeoTIFF with a CRS, and its ground truth), map it with
+   ``spectralmoe.predict.predict_scene`` using the best method's model (highest mean target mIoU over
+   seeds; its first seed), and draw the preview, the error map against the ground truth and
+   SpectralMoE's routing map.
+5. **Report.** ``<out>/report.md``, ``<out>/metrics.json``, figures in ``<out>/figures/`` (every column
+   titled), the scene's map in ``<out>/scene/``.
 
 Head: the light FPN head (64 channels), not Mask2Former. On two CPU cores a Mask2Former step at its
 default sizes (256 wide, 10 decoder outputs, Hungarian matching and point-sampled mask losses on
@@ -27,18 +33,16 @@ FPN head the adapters' Mask2Former query link is unused; every method gets the s
 Everything is labelled SYNTHETIC: the numbers exercise the pipeline and compare methods at small
 scale; they say nothing about real imagery or the paper's benchmarks.
 
-The world is cached under ``$SPECTRALMOE_CACHE`` (default ``$XDG_CACHE_HOME/spectralmoe`` or
-``~/.cache/spectralmoe``) in ``demo-worlds/<settings>/``, or under ``world_dir`` when given; a second
-run with the same settings reuses it.
+The world and the scene are cached under ``$SPECTRALMOE_CACHE`` (default ``$XDG_CACHE_HOME/spectralmoe``
+or ``~/.cache/spectralmoe``) in ``demo-worlds/<settings>/``, or under ``world_dir`` when given; a
+second run with the same settings reuses them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import math
 import os
 import platform
 import shlex
@@ -52,6 +56,22 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from spectralmoe.demo_report import (
+    MEAN_PLACE,
+    METHOD_LABELS,  # noqa: F401  (re-exported: the demo's method names)
+    SYNTHETIC_BANNER,
+    MethodResult,
+    RunResult,
+    Sample,
+    compare_methods,
+    label_of,
+    method_record,
+    results_table,
+    write_figures,
+    write_json,
+    write_report,
+)
+
 __all__ = [
     "DEMO_BACKBONE",
     "DEMO_DEPTH",
@@ -60,6 +80,9 @@ __all__ = [
     "DemoResult",
     "FULL",
     "QUICK",
+    "REGIONS",
+    "SENSORS",
+    "SOURCE",
     "add_demo_parser",
     "default_cache_dir",
     "run_demo",
@@ -68,15 +91,15 @@ __all__ = [
 DEMO_BACKBONE = "synthetic-dinov2"
 DEMO_DEPTH = "synthetic-depth-anything"
 DEMO_METHODS: tuple[str, ...] = ("freeze", "rein", "spectralmoe")
-METHOD_LABELS = {"freeze": "Freeze", "rein": "Rein", "spectralmoe": "SpectralMoE"}
 SENSORS: tuple[str, ...] = ("gf2", "planetscope", "sentinel2")
 REGIONS: tuple[str, ...] = ("north", "south")
 SOURCE: tuple[str, str] = ("gf2", "north")
 HOLDOUT_SEED_OFFSET = 7919
 """The held-out source tiles come from a world drawn with ``seed + HOLDOUT_SEED_OFFSET``: same
 sensor and region as the source, other scenes."""
-SYNTHETIC_BANNER = "SYNTHETIC DATA — not real imagery; numbers say nothing about real benchmarks"
-REPORT_FILES = ("report.md", "metrics.json", "figures/samples.png", "figures/routing.png", "figures/miou.png")
+REPORT_FILES = ("report.md", "metrics.json", "figures/samples.png", "figures/routing.png", "figures/miou.png",
+                "figures/scene.png", "figures/scene_confusion.png", "figures/scene_routing.png", "scene/map.tif",
+                "scene/map.png")  # fmt: skip
 
 Logger = Callable[[str], None]
 
@@ -89,34 +112,45 @@ class DemoConfig:
         tiles_per_domain: tiles of each (sensor, region) domain; the source domain's are the
             training set, each target domain's the test set.
         holdout_tiles: held-out source tiles (scored, never trained on).
-        tile_size: tile width and height in pixels (a multiple of 16).
-        steps: optimiser steps per method.
+        tile_size: tile width and height in pixels (a multiple of 16; 256 = a 16 × 16 token grid).
+        steps: optimiser steps per run.
         batch_size: training batch.
-        eval_batch_size: evaluation batch.
+        eval_batch_size: evaluation (and scene prediction) batch.
         lr: AdamW learning rate (higher than the paper's 1e-4: a few hundred steps, not 40k).
         head: decoder head (``"fpn"``; ``"mask2former"`` and ``"linear"`` work but see the module doc).
         head_channels: FPN width.
         routing_layer: SpectralMoE layer whose routing is drawn (negative counts from the end).
-        seed: seed of the world, the weight initialisation and the data order.
+        seed: seed of the world and of the scene, and the first training seed.
+        seeds: training seeds per method (``seed``, ``seed + 1``, …); the world stays fixed.
+        scene_size: width and height of the mapped scene in pixels (0: no scene).
+        scene_sensor, scene_region: the scene's target domain.
+        scene_tile, scene_overlap: ``predict_scene`` tiling.
     """
 
-    tiles_per_domain: int = 96
-    holdout_tiles: int = 16
-    tile_size: int = 128
-    steps: int = 500
-    batch_size: int = 8
-    eval_batch_size: int = 16
+    tiles_per_domain: int = 24
+    holdout_tiles: int = 8
+    tile_size: int = 256
+    steps: int = 300
+    batch_size: int = 4
+    eval_batch_size: int = 8
     lr: float = 1e-3
     head: str = "fpn"
     head_channels: int = 64
     routing_layer: int = -1
     seed: int = 0
+    seeds: int = 2
+    scene_size: int = 2048
+    scene_sensor: str = "planetscope"
+    scene_region: str = "south"
+    scene_tile: int = 256
+    scene_overlap: int = 64
 
     def __post_init__(self) -> None:
         if self.tile_size % 16 or self.tile_size < 32:
             raise ValueError(f"tile_size must be a multiple of 16 and >= 32, got {self.tile_size}")
-        if min(self.tiles_per_domain, self.holdout_tiles, self.steps, self.batch_size, self.eval_batch_size) < 1:
-            raise ValueError(f"tiles, steps and batch sizes must be >= 1: {self}")
+        if min(self.tiles_per_domain, self.holdout_tiles, self.steps, self.batch_size, self.eval_batch_size,
+               self.seeds) < 1:  # fmt: skip
+            raise ValueError(f"tiles, steps, batch sizes and seeds must be >= 1: {self}")
         if self.batch_size > self.tiles_per_domain:
             raise ValueError(
                 f"batch_size={self.batch_size} exceeds the {self.tiles_per_domain} source tiles (the last incomplete "
@@ -124,30 +158,39 @@ class DemoConfig:
             )
         if not self.lr > 0 or self.seed < 0:
             raise ValueError(f"need lr > 0 and seed >= 0, got lr={self.lr}, seed={self.seed}")
+        if self.scene_size:
+            if (self.scene_sensor, self.scene_region) == SOURCE or self.scene_sensor not in SENSORS \
+                    or self.scene_region not in REGIONS:  # fmt: skip
+                raise ValueError(f"the scene must be a target domain of {SENSORS} x {REGIONS} other than "
+                                 f"{'/'.join(SOURCE)}, got {self.scene_sensor}/{self.scene_region}")  # fmt: skip
+            if self.scene_size < 16 or self.scene_tile % 16 or not 0 <= self.scene_overlap < self.scene_tile:
+                raise ValueError(f"need scene_size >= 16, scene_tile a multiple of 16 and 0 <= scene_overlap < "
+                                 f"scene_tile; got {self.scene_size}, {self.scene_tile}, {self.scene_overlap}")  # fmt: skip
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
 
 
 FULL = DemoConfig()
 QUICK = DemoConfig(tiles_per_domain=4, holdout_tiles=2, tile_size=64, steps=3, batch_size=2, eval_batch_size=4,
-                   head_channels=32)  # fmt: skip
+                   head_channels=32, seeds=2, scene_size=96, scene_tile=64, scene_overlap=16)  # fmt: skip
 
 
 @dataclass
-class MethodResult:
-    """One method's scores (percent) and costs."""
+class SceneResult:
+    """The mapped scene: files, which model mapped it, its accuracy against the ground truth."""
 
-    method: str
-    source: dict[str, Any]
-    targets: dict[str, dict[str, Any]]
-    mean_target: dict[str, float]
-    train_seconds: float
-    eval_seconds: float
-    trainable_parameters: int
-    method_parameters: int
-
-    @property
-    def drop(self) -> dict[str, float]:
-        """Held-out source score minus the mean target score (percentage points)."""
-        return {key: self.source[key] - self.mean_target[key] for key in ("mIoU", "mAcc")}
+    sensor: str
+    region: str
+    size: int
+    gsd_m: float
+    image: Path
+    label: Path
+    maps: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {map, figure, accuracy, ...}
+    best: str = ""
+    render_seconds: float = 0.0
+    cached: bool = False
 
 
 @dataclass
@@ -161,11 +204,15 @@ class DemoResult:
     methods: dict[str, MethodResult]
     config: DemoConfig
     world: Path
+    scene: SceneResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def table(self, key: str = "mIoU") -> str:
-        """The Markdown results table of ``key`` (``"mIoU"`` or ``"mAcc"``)."""
-        return _results_table(self.methods, key)
+        """The Markdown results table of ``key`` (``"mIoU"`` or ``"mAcc"``): mean ± std over seeds."""
+        return results_table(self.methods, "/".join(SOURCE), key)
+
+    def comparisons(self, key: str = "mIoU") -> list[Any]:
+        return compare_methods(self.methods, key)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -185,7 +232,7 @@ def _world_folder(world_dir: str | os.PathLike[str] | None, config: DemoConfig) 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Keep Lightning's start-up chatter, transformers' loading bars and small-data warnings out of
-    the demo's output (the demo prints its own progress lines)."""
+    the demo's output (the demo prints its own progress lines and bars)."""
     import lightning.pytorch  # noqa: F401  (its first import sets its logger to INFO: import before changing it)
     from transformers.utils import logging as hf_logging
 
@@ -196,13 +243,10 @@ def _quiet_lightning() -> Iterator[None]:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
-        warnings.filterwarnings("ignore", message=".*GPU available.*")
-        warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+        for message in (r".*module\(s\) in eval mode.*", ".*does not have many workers.*",
+                        ".*number of training batches.*", ".*LeafSpec.*", ".*isinstance.*treespec.*",
+                        ".*GPU available.*", ".*tensorboardX.*"):  # fmt: skip
+            warnings.filterwarnings("ignore", message=message)
         try:
             yield
         finally:
@@ -223,26 +267,23 @@ def _head_options(config: DemoConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ training
 def _train_and_test(
-    method: str,
-    config: DemoConfig,
-    world: Path,
-    holdout: Path,
-    run_dir: Path,
-    progress: bool,
-) -> tuple[Any, MethodResult]:
-    """Fit one method on the source domain, test it per target domain and on the held-out source."""
+    method: str, seed: int, config: DemoConfig, world: Path, holdout: Path, run_dir: Path, progress: bool,
+    position: int = 0,
+) -> tuple[Any, RunResult, dict[str, int]]:  # fmt: skip
+    """Fit one method with one seed on the source domain, test it per target domain and on the held-out source."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     from spectralmoe.data.datamodule import DGDataModule
     from spectralmoe.data.synthetic import synthetic_task
+    from spectralmoe.demo_progress import StepBar
     from spectralmoe.engine import SegmentationTask
     from spectralmoe.models.accounting import parameter_report
 
     task_def = synthetic_task(world, max_iters=config.steps, batch_size=config.batch_size,
                               eval_batch_size=config.eval_batch_size)  # fmt: skip
     holdout_def = synthetic_task(holdout, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
-    L.seed_everything(config.seed, workers=True, verbose=False)
+    L.seed_everything(seed, workers=True, verbose=False)
     task = SegmentationTask(
         backbone=DEMO_BACKBONE,
         adapter=method,
@@ -253,10 +294,10 @@ def _train_and_test(
         pretrained=True,
         lr=config.lr,
         metrics_dir=str(run_dir / "target"),
-        seed=config.seed,
+        seed=seed,
     )
     data = DGDataModule(world, task_def, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                        num_workers=0, seed=config.seed)  # fmt: skip
+                        num_workers=0, seed=seed)  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -266,7 +307,8 @@ def _train_and_test(
         num_sanity_val_steps=0,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,
+        callbacks=[StepBar(f"{label_of(method)} seed {seed}", position=position)] if progress else [],
         logger=CSVLogger(run_dir, name="", version="logs"),
         log_every_n_steps=max(1, min(10, config.steps)),
         default_root_dir=run_dir,
@@ -279,24 +321,24 @@ def _train_and_test(
     targets_report = task.last_metrics
     task.hparams.metrics_dir = str(run_dir / "source-holdout")
     holdout_data = DGDataModule(holdout, holdout_def, batch_size=config.batch_size,
-                                eval_batch_size=config.eval_batch_size, num_workers=0, seed=config.seed)  # fmt: skip
+                                eval_batch_size=config.eval_batch_size, num_workers=0, seed=seed)  # fmt: skip
     trainer.test(task, datamodule=holdout_data, verbose=False)
     source_report = task.last_metrics
     eval_seconds = time.perf_counter() - start
     assert targets_report is not None and source_report is not None
     counts = parameter_report(task.segmentor)
     (source_row,) = source_report["domains"].values()
-    result = MethodResult(
-        method=method,
+    result = RunResult(
+        seed=seed,
         source=_row(source_row),
         targets={name: _row(row) for name, row in targets_report["domains"].items()},
         mean_target=_row(targets_report["mean"]),
         train_seconds=round(train_seconds, 1),
         eval_seconds=round(eval_seconds, 1),
-        trainable_parameters=int(counts["method_trainable"] + counts["head_trainable"]),
-        method_parameters=int(counts["method_trainable"]),
     )
-    return task, result
+    parameters = {"trainable": int(counts["method_trainable"] + counts["head_trainable"]),
+                  "method": int(counts["method_trainable"])}  # fmt: skip
+    return task, result, parameters
 
 
 def _row(row: dict[str, Any]) -> dict[str, Any]:
@@ -306,20 +348,7 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- samples
-@dataclass
-class _Sample:
-    """One tile shown in the figures: its domain, raw image, label and the sensor's wavelengths."""
-
-    domain: str
-    title: str
-    image: np.ndarray
-    label: np.ndarray
-    wavelengths: list[float]
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    routing: np.ndarray | None = None
-
-
-def _pick_sample(root: Path, domain: str, title: str) -> _Sample:
+def _pick_sample(root: Path, domain: str, title: str) -> Sample:
     """The tile of ``domain`` with the most classes present (first such tile): a telling picture."""
     from spectralmoe.data.io import read_image, read_label
     from spectralmoe.data.layout import PreparedIndex
@@ -332,10 +361,10 @@ def _pick_sample(root: Path, domain: str, title: str) -> _Sample:
     image = read_image(root / best.image).array
     label = read_label(root / best.label)
     waves = list(index.sensors[best.sensor].wavelengths_um)
-    return _Sample(domain, title, image, label, waves)
+    return Sample(domain, title, image, label, waves)
 
 
-def _predict_samples(task: Any, method: str, samples: list[_Sample], routing_layer: int) -> None:
+def _predict_samples(task: Any, method: str, samples: list[Sample], routing_layer: int) -> None:
     """Class map of every sample by ``task``'s model (and SpectralMoE's routing at ``routing_layer``)."""
     import torch
 
@@ -361,126 +390,353 @@ def _predict_samples(task: Any, method: str, samples: list[_Sample], routing_lay
             adapter.last_routing.clear()
 
 
-# ------------------------------------------------------------------------------------------- figures
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
+# ---------------------------------------------------------------------------------------------- jobs
+@dataclass
+class _Job:
+    """One (method, seed) run, as a worker process receives it."""
 
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _panel(ax: Any, rgba: np.ndarray, title: str | None = None) -> None:
-    ax.imshow(rgba, interpolation="nearest")
-    if title:
-        ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour enlargement of a patch grid to the tile's pixel size."""
-    rows = np.arange(size[0]) * grid.shape[0] // size[0]
-    cols = np.arange(size[1]) * grid.shape[1] // size[1]
-    return grid[rows[:, None], cols[None, :]]
+    method: str
+    seed: int
+    first: bool
+    position: int
+    config: DemoConfig
+    world: Path
+    holdout: Path
+    run_dir: Path
+    progress: bool
+    samples: list[Sample]
 
 
-def _routing_rgba(sample: _Sample, num_experts: int, background: np.ndarray) -> np.ndarray:
-    from spectralmoe.viz import colorize_routing
-
-    assert sample.routing is not None
-    rgba = colorize_routing(_upsample(sample.routing, sample.label.shape), num_experts).astype(np.float32)
-    blended = 0.65 * rgba[..., :3] + 0.35 * background[..., :3].astype(np.float32)
-    out = np.empty_like(background)
-    out[..., :3] = np.round(blended).astype(np.uint8)
-    out[..., 3] = 255
-    return out
-
-
-def _write_figures(
-    samples: list[_Sample], methods: Sequence[str], results: dict[str, MethodResult], classes: Sequence[str],
-    palette: Sequence[Sequence[int]], num_experts: int | None, routing_layer: int | None, figures: Path,
-) -> list[Path]:  # fmt: skip
-    """samples.png (composite, truth, predictions, routing per domain), routing.png, miou.png."""
-    from spectralmoe.viz import add_legend, colorize, composite, routing_palette, save_figure
-
-    written: list[Path] = []
-    routed = num_experts is not None and all(s.routing is not None for s in samples)
-    columns = 2 + len(methods) + (1 if routed else 0)
-    fig = _figure(1.7 * columns + 1.6, 1.75 * len(samples) + 0.9)
-    axes = fig.subplots(len(samples), columns, squeeze=False)
-    composites = []
-    for row, sample in zip(axes, samples):
-        rgba, _ = composite(sample.image, sample.wavelengths, mode="false")
-        composites.append(rgba)
-        first = row is axes[0]
-        _panel(row[0], rgba, "false colour (NIR,R,G)" if first else None)
-        row[0].set_ylabel(sample.title, fontsize=8)
-        _panel(row[1], colorize(sample.label, palette), "ground truth" if first else None)
-        for col, method in enumerate(methods, start=2):
-            _panel(row[col], colorize(sample.predictions[method], palette), METHOD_LABELS.get(method, method) if first
-                   else None)  # fmt: skip
-        if routed:
-            assert num_experts is not None
-            _panel(row[-1], _routing_rgba(sample, num_experts, rgba),
-                   f"SpectralMoE experts\n(layer {routing_layer}, 0-based)" if first else None)  # fmt: skip
-    add_legend(axes[0][-1], list(classes), palette, title="classes")
-    fig.suptitle(f"spectralmoe demo — {SYNTHETIC_BANNER}\none tile per domain; trained on "
-                 f"{SOURCE[0]}/{SOURCE[1]} only", fontsize=9)  # fmt: skip
-    written.append(save_figure(fig, figures / "samples.png"))
-
-    # Routing: top-1 expert per patch token over each sample's composite, with an expert legend.
-    fig = _figure(2.1 * len(samples) + 1.4, 2.8)
-    axes = fig.subplots(1, len(samples), squeeze=False)[0]
-    if routed:
-        assert num_experts is not None
-        for ax, sample, rgba in zip(axes, samples, composites):
-            _panel(ax, _routing_rgba(sample, num_experts, rgba), sample.title)
-        add_legend(axes[-1], [f"expert {e}" for e in range(num_experts)], routing_palette(num_experts),
-                   title="top-1 expert")  # fmt: skip
-        title = (f"SpectralMoE visual-router top-1 expert per 16×16 patch, layer {routing_layer} (0-based) — "
-                 f"{SYNTHETIC_BANNER}")
-    else:
-        for ax, sample, rgba in zip(axes, samples, composites):
-            _panel(ax, rgba, sample.title)
-        title = f"SpectralMoE was not run: no routing map — {SYNTHETIC_BANNER}"
-    fig.suptitle(title, fontsize=8)
-    written.append(save_figure(fig, figures / "routing.png"))
-
-    # mIoU per domain and method.
-    domains = [samples[0].domain] + list(next(iter(results.values())).targets)
-    fig = _figure(1.1 * len(domains) + 3.0, 3.2)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(results))
-    for k, (method, result) in enumerate(results.items()):
-        values = [result.source["mIoU"]] + [result.targets[d]["mIoU"] for d in domains[1:]]
-        ax.bar(np.arange(len(domains)) + (k - (len(results) - 1) / 2) * width, values, width,
-               label=METHOD_LABELS.get(method, method))  # fmt: skip
-    ax.set_xticks(np.arange(len(domains)), [f"{domains[0]}\n(source, held out)"] + domains[1:], fontsize=7)
-    ax.set_ylabel("mIoU (%)")
-    ax.legend(fontsize=7, frameon=False)
-    ax.set_title(f"mIoU per domain — {SYNTHETIC_BANNER}", fontsize=8)
-    written.append(save_figure(fig, figures / "miou.png"))
-    return written
+@dataclass
+class _JobResult:
+    method: str
+    seed: int
+    run: RunResult
+    parameters: dict[str, int]
+    predictions: dict[str, np.ndarray]
+    routing: dict[str, np.ndarray]
+    export: Path | None
+    num_experts: int | None = None
+    routing_layer: int | None = None
 
 
-# -------------------------------------------------------------------------------------------- report
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+def _single_thread() -> None:
+    """Worker set-up: one torch thread per process. Two processes of one thread use two cores without
+    the OpenMP barrier stalls that make two threads of one process several times slower as soon as
+    anything else runs on the machine (measured: 0.18 s against 0.7–3.4 s per Freeze step)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
-def _results_table(results: dict[str, MethodResult], key: str) -> str:
-    domains = list(next(iter(results.values())).targets)
-    header = ["method", f"{SOURCE[0]}/{SOURCE[1]} (source, held out)", *domains, "mean target", "drop"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for method, result in results.items():
-        cells = [METHOD_LABELS.get(method, method), _fmt(result.source[key])]
-        cells += [_fmt(result.targets[d][key]) for d in domains]
-        cells += [f"**{_fmt(result.mean_target[key])}**", _fmt(result.drop[key])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _run_job(job: _Job) -> _JobResult:
+    """Train, test, (first seed:) predict the figure tiles and export the model — in a worker process."""
+    from spectralmoe.engine.export import export_trainable
+
+    with _quiet_lightning():
+        task, run, parameters = _train_and_test(job.method, job.seed, job.config, job.world, job.holdout, job.run_dir,
+                                                job.progress, job.position)  # fmt: skip
+        result = _JobResult(job.method, job.seed, run, parameters, {}, {}, None)
+        if job.first:
+            _predict_samples(task, job.method, job.samples, job.config.routing_layer)
+            result.predictions = {s.domain: s.predictions[job.method] for s in job.samples}
+            result.routing = {s.domain: s.routing for s in job.samples if s.routing is not None}
+            result.export = export_trainable(task, job.run_dir / "export")
+            adapter = task.segmentor.adapter
+            if job.method == "spectralmoe":
+                result.num_experts = int(adapter.num_experts)
+                result.routing_layer = job.config.routing_layer % int(adapter.num_layers)
+    return result
+
+
+@contextlib.contextmanager
+def _job_runner(workers: int) -> Iterator[Callable[..., Any]]:
+    """``submit(fn, *args)`` → a future-like object with ``result()``: a pool of ``workers`` single-thread
+    processes (spawned: no fork of a threaded parent), or in-process calls for ``workers`` = 1."""
+    if workers <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        _single_thread()
+
+        class _Done:
+            def __init__(self, value: Any) -> None:
+                self.value = value
+
+            def result(self) -> Any:
+                return self.value
+
+        try:
+            yield lambda fn, *args: _Done(fn(*args))
+        finally:
+            torch.set_num_threads(before)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_single_thread) as pool:  # fmt: skip
+        yield pool.submit
+
+
+# --------------------------------------------------------------------------------------------- scene
+def _render_scene(folder: Path, config: DemoConfig, progress: bool) -> SceneResult:
+    from spectralmoe.data.synthetic.scene_raster import write_scene
+    from spectralmoe.demo_progress import counter_bar
+
+    update, close = counter_bar("scene: render", "window") if progress else (None, lambda: None)
+    try:
+        files = write_scene(folder / f"scene-{config.scene_sensor}-{config.scene_region}-{config.scene_size}px",
+                            sensor=config.scene_sensor, region=config.scene_region, size=config.scene_size,
+                            seed=config.seed, progress=update)  # fmt: skip
+    finally:
+        close()
+    return SceneResult(config.scene_sensor, config.scene_region, config.scene_size, files.gsd_m, files.image,
+                       files.label, render_seconds=files.seconds, cached=files.cached)  # fmt: skip
+
+
+def _map_scene(scene: SceneResult, method: str, export: Path, out: Path, config: DemoConfig, progress: bool,
+               routing: bool, position: int = 0) -> dict[str, Any]:  # fmt: skip
+    """``predict_scene`` with ``method``'s exported model, then the figure against the ground truth."""
+    with _quiet_lightning():  # transformers' weight-loading bars
+        return _map_scene_quietly(scene, method, export, out, config, progress, routing)
+
+
+def _map_scene_quietly(scene: SceneResult, method: str, export: Path, out: Path, config: DemoConfig, progress: bool,
+                       routing: bool) -> dict[str, Any]:  # fmt: skip
+    from spectralmoe.predict import predict_scene
+    from spectralmoe.viz import viz_figure
+
+    folder = out / "scene"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "map" if method == scene.best else f"map_{method}"
+    map_path = folder / f"{stem}.tif"
+    routing_path = folder / f"routing_{method}.tif" if routing else None
+    summary = predict_scene(export, scene.image, map_path, sensor=config.scene_sensor, tile=config.scene_tile,
+                            overlap=config.scene_overlap, batch_size=config.eval_batch_size, routing=routing_path,
+                            progress=progress)  # fmt: skip
+    figure_name = "scene.png" if method == scene.best else f"scene_{method}.png"
+    viz = viz_figure(map_path, out / "figures" / figure_name, ground_truth=scene.label, image=scene.image,
+                     sensor=config.scene_sensor, routing=routing_path)  # fmt: skip
+    routing_figure = viz.routing_figure
+    if routing_figure is not None and routing_figure.name != "scene_routing.png":  # one name whoever mapped best
+        routing_figure = routing_figure.replace(routing_figure.with_name("scene_routing.png"))
+    record = {
+        "method": method, "checkpoint": str(export), "map": str(map_path),
+        "preview": str(summary.preview) if summary.preview else None,
+        "routing": str(routing_path) if routing_path else None,
+        "figure": str(viz.figure), "confusion_figure": str(viz.confusion_figure) if viz.confusion_figure else None,
+        "routing_figure": str(routing_figure) if routing_figure else None,
+        "overall_accuracy": None if viz.overall_accuracy is None else 100.0 * viz.overall_accuracy,
+        "mIoU": None if viz.mean_iou is None else 100.0 * viz.mean_iou,
+        "tiles": summary.tiles, "seconds": round(summary.seconds, 1),
+    }  # fmt: skip
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run_demo(
+    out: str | os.PathLike[str] = "demo-report",
+    *,
+    world_dir: str | os.PathLike[str] | None = None,
+    methods: Sequence[str] = DEMO_METHODS,
+    quick: bool = False,
+    config: DemoConfig | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    log: Logger | None = print,
+    started: float | None = None,
+    **overrides: Any,
+) -> DemoResult:
+    """Run the demo experiment and write its report folder ``out`` (see the module docstring).
+
+    Args:
+        out: report folder (created; files in it are overwritten).
+        world_dir: cache root of the generated worlds and scenes (default ``default_cache_dir() / "demo-worlds"``).
+        methods: adapters to compare (any of ``spectralmoe.models.adapters.ADAPTERS``).
+        quick: the reduced sizes of ``QUICK`` (tiny world, 3 steps) instead of ``FULL``.
+        config: explicit sizes (overrides ``quick``).
+        workers: processes that train the runs (and render the world, map the scene) side by side, one
+            torch thread each (default: one per CPU core, at most one per run; 1 = in this process).
+        progress: progress bars on stderr (default: on a terminal outside CI, ``demo_progress.bars_wanted``).
+        log: where progress lines go (``None``: silent).
+        started: wall-clock time (``time.time()``) at which the whole command started, e.g. before
+            ``make demo`` set the environment up: the report then gives the time since.
+        overrides: ``DemoConfig`` fields to change, e.g. ``steps=100, seeds=3``.
+    """
+    import torch
+
+    from spectralmoe.demo_progress import bars_wanted
+
+    total_start = time.perf_counter()
+    say: Logger = log if log is not None else (lambda message: None)
+    config = replace(config or (QUICK if quick else FULL), **overrides)
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("no method to run")
+    runs = len(methods) * config.seeds
+    workers = max(1, min(os.cpu_count() or 1, runs) if workers is None else int(workers))
+    threads_before = torch.get_num_threads()
+    seed_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        return _run(out, world_dir, methods, quick, config, workers, bars_wanted() if progress is None else progress,
+                    say, total_start, started)  # fmt: skip
+    finally:  # leave the caller's process as it was (seed_everything writes these variables)
+        torch.set_num_threads(threads_before)
+        for name, value in seed_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(
+    out: str | os.PathLike[str], world_dir: str | os.PathLike[str] | None, methods: list[str], quick: bool,
+    config: DemoConfig, workers: int, progress: bool, say: Logger, total_start: float, started: float | None,
+) -> DemoResult:  # fmt: skip
+    """The body of ``run_demo`` (which restores the process state)."""
+    from spectralmoe.data.synthetic import generate_world, synthetic_task
+
+    out = Path(out)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    say(f"spectralmoe demo — {SYNTHETIC_BANNER}")
+    seconds: dict[str, float] = {}
+
+    # 1. the world (cached), the held-out source tiles and the scene
+    folder = _world_folder(world_dir, config)
+    start = time.perf_counter()
+    index = generate_world(folder / "world", regions=REGIONS, sensors=SENSORS, tiles_per_domain=config.tiles_per_domain,
+                           tile_size=config.tile_size, seed=config.seed, source=SOURCE, progress=progress,
+                           workers=workers)  # fmt: skip
+    generate_world(folder / "source-holdout", regions=REGIONS, sensors=(SOURCE[0],), source=(SOURCE[0], REGIONS[1]),
+                   tiles_per_domain=config.holdout_tiles, tile_size=config.tile_size,
+                   seed=config.seed + HOLDOUT_SEED_OFFSET, progress=progress, workers=workers)  # fmt: skip
+    seconds["world"] = round(time.perf_counter() - start, 1)
+    say(f"world: {folder} ({seconds['world']:.1f} s; {len(index.tiles)} tiles of {config.tile_size} px)")
+    scene = None
+    if config.scene_size:
+        start = time.perf_counter()
+        scene = _render_scene(folder, config, progress)
+        seconds["scene_render"] = round(time.perf_counter() - start, 1)
+        took = "cached" if scene.cached else f"{seconds['scene_render']:.1f} s"
+        say(f"scene: {scene.image} ({config.scene_size}x{config.scene_size} px at {scene.gsd_m:g} m; {took})")
+    world_parameters = {**index.options.get("parameters", {}), "gsd_m": index.options.get("gsd_m", {})}
+
+    # 2. figure tiles: one per domain, the held-out source first
+    source_name = "/".join(SOURCE)
+    samples = [_pick_sample(folder / "source-holdout", source_name, f"{source_name}\n(source, held out)")]
+    target_domains = sorted(synthetic_task(folder / "world").target_domains)
+    samples += [_pick_sample(folder / "world", domain, domain) for domain in target_domains]
+
+    # 3. train and test every method with every seed (in parallel single-thread processes); export
+    #    and draw each method's first-seed model
+    results: dict[str, MethodResult] = {method: MethodResult(method) for method in methods}
+    exports: dict[str, Path] = {}
+    num_experts = routing_layer = None
+    for method in methods:
+        method_dir = out / "runs" / method
+        if method_dir.is_dir():  # this demo's own output of an earlier run: replaced, not mixed
+            shutil.rmtree(method_dir)
+    jobs = [_Job(method, seed, k == 0, k % max(1, workers), config, folder / "world", folder / "source-holdout",
+                 out / "runs" / method / f"seed{seed}", progress, samples)
+            for method in methods for k, seed in enumerate(config.training_seeds)]  # fmt: skip
+    say(f"training {len(jobs)} runs ({', '.join(label_of(m) for m in methods)} x seeds "
+        f"{', '.join(map(str, config.training_seeds))}; {config.steps} steps each on {source_name}) in {workers} "
+        f"process(es) of one thread …")  # fmt: skip
+    start = time.perf_counter()
+    with _job_runner(workers) as submit:
+        futures = [submit(_run_job, job) for job in jobs]
+        for future in futures:
+            done: _JobResult = future.result()
+            run = done.run
+            result = results[done.method]
+            result.runs.append(run)
+            result.trainable_parameters = done.parameters["trainable"]
+            result.method_parameters = done.parameters["method"]
+            if done.export is not None:
+                exports[done.method] = done.export
+                for sample in samples:
+                    sample.predictions[done.method] = done.predictions[sample.domain]
+                    if done.method == "spectralmoe":
+                        sample.routing = done.routing.get(sample.domain)
+            if done.num_experts is not None:
+                num_experts, routing_layer = done.num_experts, done.routing_layer
+            say(f"{label_of(done.method)} seed {done.seed}: source (held out) mIoU {run.source['mIoU']:.1f}, mean "
+                f"target mIoU {run.mean_target['mIoU']:.1f} (train {run.train_seconds:.0f} s, test "
+                f"{run.eval_seconds:.0f} s)")  # fmt: skip
+        seconds["train_and_test_wall"] = round(time.perf_counter() - start, 1)
+        seconds["train"] = round(sum(r.train_seconds for r in results.values()), 1)
+        seconds["test"] = round(sum(r.eval_seconds for r in results.values()), 1)
+
+        # 4. map the scene with the best method (and SpectralMoE for its routing map), in parallel too
+        if scene is not None:
+            start = time.perf_counter()
+            scene.best = max(results, key=lambda m: results[m].mean(MEAN_PLACE))
+            mapped = [scene.best] + (["spectralmoe"] if "spectralmoe" in results and scene.best != "spectralmoe"
+                                     else [])  # fmt: skip
+            say(f"scene: mapping with {' and '.join(label_of(m) for m in mapped)} (seed {config.seed}) …")
+            maps = [submit(_map_scene, scene, method, exports[method], out, config, progress, method == "spectralmoe",
+                           position) for position, method in enumerate(mapped)]  # fmt: skip
+            for method, future in zip(mapped, maps):
+                record = scene.maps[method] = future.result()
+                say(f"scene: {label_of(method)} overall accuracy {record['overall_accuracy']:.1f} %, mIoU "
+                    f"{record['mIoU']:.1f} % against the ground truth ({record['tiles']} tiles, "
+                    f"{record['seconds']:.0f} s)")  # fmt: skip
+            seconds["scene_map"] = round(time.perf_counter() - start, 1)
+
+    # 5. figures, metrics, report
+    start = time.perf_counter()
+    figures = write_figures(samples, methods, results, index.classes, index.palette, num_experts, routing_layer,
+                            figures_dir, source_name)  # fmt: skip
+    result = DemoResult(out=out, report=out / "report.md", metrics=out / "metrics.json", figures=figures,
+                        methods=results, config=config, world=folder, scene=scene, seconds=seconds)  # fmt: skip
+    command = _command(out, config, methods, quick and config == QUICK)
+    seconds["report"] = round(time.perf_counter() - start, 1)
+    seconds["total"] = round(time.perf_counter() - total_start, 1)
+    if started is not None:
+        seconds["since_start"] = round(time.time() - started, 1)
+    machine = {"workers": workers, "threads_per_worker": 1, "cpus": os.cpu_count(), "load_start": [round(v, 2) for v in load_start],
+               "load_end": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+    _write_metrics(result, world_parameters, command, machine)
+    write_report(result, world_parameters, command, machine, _provenance(), _versions())
+    say(f"report: {result.report} (total {seconds['total']:.0f} s)\n\n{result.table('mIoU')}")
+    return result
+
+
+def _write_metrics(result: DemoResult, world_parameters: dict[str, Any], command: str, machine: dict[str, Any]
+                   ) -> None:  # fmt: skip
+    scene = result.scene
+    payload = {
+        "SYNTHETIC": True,
+        "note": SYNTHETIC_BANNER,
+        "command": command,
+        "config": asdict(result.config),
+        "backbone": DEMO_BACKBONE,
+        "depth": DEMO_DEPTH,
+        "source": "/".join(SOURCE),
+        "world": {"folder": str(result.world), "parameters": world_parameters},
+        "units": "percent",
+        "seeds": result.config.training_seeds,
+        "methods": {method: method_record(r) for method, r in result.methods.items()},
+        "comparisons": [c.to_dict() for c in result.comparisons("mIoU")],
+        "scene": None if scene is None else {
+            "sensor": scene.sensor, "region": scene.region, "size": scene.size, "gsd_m": scene.gsd_m,
+            "image": str(scene.image), "ground_truth": str(scene.label), "best_method": scene.best,
+            "maps": scene.maps, "render_seconds": scene.render_seconds, "cached": scene.cached},  # fmt: skip
+        "seconds": result.seconds,
+        "machine": machine,
+        "weights": _provenance(),
+        "versions": _versions(),
+    }
+    write_json(result.metrics, payload)
 
 
 def _provenance() -> dict[str, Any]:
-    """The packaged weights' PROVENANCE.json files (empty entries when absent)."""
+    """The packaged weights' PROVENANCE.json files (error entries when absent)."""
+    import json
+
     from spectralmoe.weights import packaged_weights
 
     found: dict[str, Any] = {}
@@ -504,263 +760,22 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}  # fmt: skip
 
 
+_CLI_FIELDS = ("steps", "tiles_per_domain", "holdout_tiles", "tile_size", "batch_size", "lr", "seed", "seeds",
+               "scene_size")  # fmt: skip
+
+
 def _command(out: Path, config: DemoConfig, methods: Sequence[str], quick: bool) -> str:
     words = ["spectralmoe", "demo", "--out", str(out)]
     if quick:
         words.append("--quick")
     reference = QUICK if quick else FULL
-    for name in ("steps", "tiles_per_domain", "holdout_tiles", "tile_size", "batch_size", "lr", "seed"):
+    for name in _CLI_FIELDS:
         value = getattr(config, name)
         if value != getattr(reference, name):
             words += [f"--{name.replace('_', '-')}", str(value)]
     if tuple(methods) != DEMO_METHODS:
         words += ["--methods", *methods]
     return shlex.join(words)
-
-
-def _write_report(
-    result: DemoResult, world_parameters: dict[str, Any], command: str, threads: int, figures: list[Path],
-) -> None:  # fmt: skip
-    config = result.config
-    provenance = _provenance()
-    targets = list(next(iter(result.methods.values())).targets)
-    target_list = ", ".join(f"`{d}`" for d in targets)
-    gsds = ", ".join(f"{k} {v:g} m" for k, v in world_parameters.get("gsd_m", {}).items())
-    head = f"`{config.head}` head" + (f" ({config.head_channels} channels)" if config.head == "fpn" else "")
-    lines = [
-        "# spectralmoe demo — **SYNTHETIC DATA**",
-        "",
-        f"> **SYNTHETIC.** Every image, label and number here comes from the package's own synthetic world "
-        f"(`spectralmoe.data.synthetic`) and from small models pretrained on it (`spectralmoe/weights/`). It exercises "
-        f"the real pipeline and compares methods at small scale; it is not real imagery and says nothing about the "
-        f"paper's benchmarks.",
-        "",
-        "## Experiment",
-        "",
-        f"* **Task:** train on `{SOURCE[0]}/{SOURCE[1]}` only, test on the unseen domains {target_list} "
-        f"(other regions and other sensors with the same NIR,R,G,B bands), and on {config.holdout_tiles} held-out "
-        f"`{SOURCE[0]}/{SOURCE[1]}` tiles drawn with another seed (the *source* column).",
-        f"* **World:** sensors {', '.join(SENSORS)}; regions {', '.join(REGIONS)}; {config.tiles_per_domain} tiles of "
-        f"{config.tile_size}×{config.tile_size} px per domain at each sensor's GSD "
-        f"({gsds}); 7 classes; seed {config.seed}.",
-        f"* **Frozen models:** backbone `{DEMO_BACKBONE}`, depth model `{DEMO_DEPTH}` (SpectralMoE only), both "
-        f"pretrained on the synthetic world (provenance below).",
-        f"* **Methods:** {', '.join(METHOD_LABELS.get(m, m) for m in result.methods)} (SpectralMoE: paper variant, "
-        f"paper defaults), each with a {head}; {config.steps} AdamW steps of batch {config.batch_size}, "
-        f"lr {config.lr:g}, poly decay; seed {config.seed}.",
-        f"* **Metrics:** mIoU / mAcc in percent over the 7 classes, whole-tile inference; *mean target* is the mean "
-        f"over the {len(targets)} target domains; *drop* = source − mean target (percentage points).",
-        "",
-        "## Results: mIoU (%)",
-        "",
-        result.table("mIoU"),
-        "",
-        "## Results: mAcc (%)",
-        "",
-        result.table("mAcc"),
-        "",
-        "## Run times",
-        "",
-        f"CPU, {threads} torch thread(s), {os.cpu_count()} logical cores visible.",
-        "",
-        "| step | seconds | trainable parameters (method + head) |",
-        "|---|---:|---:|",
-        f"| world generation (0 when cached) | {result.seconds.get('world', 0.0):.1f} | |",
-    ]
-    for method, r in result.methods.items():
-        lines.append(f"| {METHOD_LABELS.get(method, method)}: train | {r.train_seconds:.1f} | "
-                     f"{r.method_parameters:,} + {r.trainable_parameters - r.method_parameters:,} |")  # fmt: skip
-        lines.append(f"| {METHOD_LABELS.get(method, method)}: test (targets + held-out source) | "
-                     f"{r.eval_seconds:.1f} | |")  # fmt: skip
-    lines += [
-        f"| figures and report | {result.seconds.get('report', 0.0):.1f} | |",
-        f"| **total** | **{result.seconds.get('total', 0.0):.1f}** | |",
-        "",
-        "## Figures",
-        "",
-        "One tile per domain (false-colour composite, ground truth, each method's prediction, SpectralMoE's routing):",
-        "",
-        "![samples](figures/samples.png)",
-        "",
-        "SpectralMoE's visual router, top-1 expert per 16×16 patch:",
-        "",
-        "![routing](figures/routing.png)",
-        "",
-        "![mIoU per domain](figures/miou.png)",
-        "",
-        "## Reproduce",
-        "",
-        "```sh",
-        "make demo                       # set-up included; writes demo-report/",
-        command,
-        "python scripts/pretrain_synthetic.py --out spectralmoe/weights --seed 0   # the packaged weights",
-        "```",
-        "",
-        f"Per-method logs and metrics JSON/CSV: `runs/<method>/`. World cache: `{result.world}`.",
-        "",
-        "## Pretrained weights (SYNTHETIC)",
-        "",
-    ]
-    for name, record in provenance.items():
-        if "error" in record:
-            lines.append(f"* `{name}`: provenance unavailable ({record['error']})")
-            continue
-        sha = record.get("sha256", {}).get("model.safetensors", "?")
-        lines.append(f"* `{name}`: `{record.get('command', '?')}` (seed {record.get('seed', '?')}); "
-                     f"model.safetensors SHA-256 `{sha}`")  # fmt: skip
-    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in _versions().items())}.", ""]
-    result.report.write_text("\n".join(lines), encoding="utf-8")
-
-
-def _write_metrics(result: DemoResult, world_parameters: dict[str, Any], command: str, threads: int) -> None:
-    payload = {
-        "SYNTHETIC": True,
-        "note": SYNTHETIC_BANNER,
-        "command": command,
-        "config": asdict(result.config),
-        "backbone": DEMO_BACKBONE,
-        "depth": DEMO_DEPTH,
-        "source": "/".join(SOURCE),
-        "world": {"folder": str(result.world), "parameters": world_parameters},
-        "units": "percent",
-        "methods": {
-            method: {
-                "source_holdout": r.source,
-                "targets": r.targets,
-                "mean_target": r.mean_target,
-                "drop": r.drop,
-                "train_seconds": r.train_seconds,
-                "eval_seconds": r.eval_seconds,
-                "trainable_parameters": r.trainable_parameters,
-                "method_parameters": r.method_parameters,
-            }
-            for method, r in result.methods.items()
-        },
-        "seconds": result.seconds,
-        "threads": threads,
-        "weights": _provenance(),
-        "versions": _versions(),
-    }
-    text = json.dumps(payload, indent=2, allow_nan=True)
-    result.metrics.write_text(text + "\n", encoding="utf-8")
-
-
-# ----------------------------------------------------------------------------------------------- run
-def run_demo(
-    out: str | os.PathLike[str] = "demo-report",
-    *,
-    world_dir: str | os.PathLike[str] | None = None,
-    methods: Sequence[str] = DEMO_METHODS,
-    quick: bool = False,
-    config: DemoConfig | None = None,
-    threads: int | None = None,
-    progress: bool | None = None,
-    log: Logger | None = print,
-    **overrides: Any,
-) -> DemoResult:
-    """Run the demo experiment and write its report folder ``out`` (see the module docstring).
-
-    Args:
-        out: report folder (created; files in it are overwritten).
-        world_dir: cache root of the generated worlds (default ``default_cache_dir() / "demo-worlds"``).
-        methods: adapters to compare (any of ``spectralmoe.models.adapters.ADAPTERS``).
-        quick: the reduced sizes of ``QUICK`` (tiny world, 3 steps) instead of ``FULL``.
-        config: explicit sizes (overrides ``quick``).
-        threads: torch intra-op threads (default: torch's own choice).
-        progress: show Lightning progress bars (default: when stderr is a terminal).
-        log: where progress lines go (``None``: silent).
-        overrides: ``DemoConfig`` fields to change, e.g. ``steps=100, seed=1``.
-    """
-    import torch
-
-    total_start = time.perf_counter()
-    say: Logger = log if log is not None else (lambda message: None)
-    config = replace(config or (QUICK if quick else FULL), **overrides)
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise ValueError("no method to run")
-    threads_before = torch.get_num_threads()
-    seed_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        return _run(out, world_dir, methods, quick, config, torch.get_num_threads(),
-                    sys.stderr.isatty() if progress is None else progress, say, total_start)  # fmt: skip
-    finally:  # leave the caller's process as it was (seed_everything writes these variables)
-        torch.set_num_threads(threads_before)
-        for name, value in seed_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _run(
-    out: str | os.PathLike[str], world_dir: str | os.PathLike[str] | None, methods: list[str], quick: bool,
-    config: DemoConfig, threads_used: int, progress: bool, say: Logger, total_start: float,
-) -> DemoResult:  # fmt: skip
-    """The body of ``run_demo`` (which owns the thread setting)."""
-    from spectralmoe.data.synthetic import generate_world, synthetic_task
-
-    out = Path(out)
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    say(f"spectralmoe demo — {SYNTHETIC_BANNER}")
-
-    # 1. the world (cached) and the held-out source tiles
-    folder = _world_folder(world_dir, config)
-    start = time.perf_counter()
-    index = generate_world(folder / "world", regions=REGIONS, sensors=SENSORS, tiles_per_domain=config.tiles_per_domain,
-                           tile_size=config.tile_size, seed=config.seed, source=SOURCE)  # fmt: skip
-    generate_world(folder / "source-holdout", regions=REGIONS, sensors=(SOURCE[0],), source=(SOURCE[0], REGIONS[1]),
-                   tiles_per_domain=config.holdout_tiles, tile_size=config.tile_size,
-                   seed=config.seed + HOLDOUT_SEED_OFFSET)  # fmt: skip
-    world_seconds = time.perf_counter() - start
-    say(f"world: {folder} ({world_seconds:.1f} s; {len(index.tiles)} tiles)")
-    world_parameters = {**index.options.get("parameters", {}), "gsd_m": index.options.get("gsd_m", {})}
-
-    # 2. figure tiles: one per domain, the held-out source first
-    source_name = "/".join(SOURCE)
-    samples = [_pick_sample(folder / "source-holdout", source_name, f"{source_name}\n(source, held out)")]
-    target_domains = sorted(synthetic_task(folder / "world").target_domains)
-    samples += [_pick_sample(folder / "world", domain, domain) for domain in target_domains]
-
-    # 3. train and test every method
-    results: dict[str, MethodResult] = {}
-    num_experts = routing_layer = None
-    with _quiet_lightning():
-        for method in methods:
-            say(f"{METHOD_LABELS.get(method, method)}: training {config.steps} steps on {source_name} …")
-            run_dir = out / "runs" / method
-            if run_dir.is_dir():  # this demo's own output of an earlier run: replaced, not mixed
-                shutil.rmtree(run_dir)
-            task, result = _train_and_test(method, config, folder / "world", folder / "source-holdout", run_dir,
-                                           progress)  # fmt: skip
-            _predict_samples(task, method, samples, config.routing_layer)
-            if method == "spectralmoe":
-                adapter = task.segmentor.adapter
-                num_experts = int(adapter.num_experts)
-                routing_layer = config.routing_layer % int(adapter.num_layers)
-            results[method] = result
-            say(f"{METHOD_LABELS.get(method, method)}: source (held out) mIoU {result.source['mIoU']:.1f}, mean target "
-                f"mIoU {result.mean_target['mIoU']:.1f} (train {result.train_seconds:.0f} s, test "
-                f"{result.eval_seconds:.0f} s)")  # fmt: skip
-            del task
-
-    # 4. figures, metrics, report
-    start = time.perf_counter()
-    figures = _write_figures(samples, methods, results, index.classes, index.palette, num_experts, routing_layer,
-                             figures_dir)  # fmt: skip
-    result = DemoResult(out=out, report=out / "report.md", metrics=out / "metrics.json", figures=figures,
-                        methods=results, config=config, world=folder,
-                        seconds={"world": round(world_seconds, 1)})  # fmt: skip
-    command = _command(out, config, methods, quick and config == QUICK)
-    result.seconds["report"] = round(time.perf_counter() - start, 1)
-    result.seconds["total"] = round(time.perf_counter() - total_start, 1)
-    _write_metrics(result, world_parameters, command, threads_used)
-    _write_report(result, world_parameters, command, threads_used, figures)
-    say(f"report: {result.report} (total {result.seconds['total']:.0f} s)\n\n{result.table('mIoU')}")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -770,8 +785,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "demo",
         help="run a complete domain-generalisation experiment on the SYNTHETIC world (CPU, minutes, no download)",
         description="Generate the synthetic multi-sensor world (cached), fine-tune Freeze, Rein and SpectralMoE on "
-        "gf2/north with the packaged synthetic-pretrained backbone and depth model, test them on the unseen "
-        "sensors/regions and write a report (Markdown, metrics JSON, PNG figures). SYNTHETIC data only.",
+        "gf2/north with several seeds on the packaged synthetic-pretrained backbone and depth model, test them on the "
+        "unseen sensors/regions, map a large target-sensor scene with the best model and write a report (Markdown, "
+        "metrics JSON, PNG figures, GeoTIFF map). SYNTHETIC data only.",
     )
     _add_demo_arguments(p)
     p.set_defaults(func=_run_demo_command)
@@ -784,18 +800,25 @@ def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"cache root of the generated worlds (default: {default_cache_dir() / 'demo-worlds'})")
     p.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), help="methods to compare (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny world and 3 steps: checks the pipeline in seconds")
-    for name, kind in (("steps", int), ("tiles_per_domain", int), ("holdout_tiles", int), ("tile_size", int),
-                       ("batch_size", int), ("lr", float), ("seed", int)):  # fmt: skip
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                       help=f"default {getattr(FULL, name)} ({getattr(QUICK, name)} with --quick)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    kinds = {"lr": float}
+    for name in _CLI_FIELDS:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kinds.get(name, int), default=None,
+                       help=f"default {getattr(FULL, name)} ({getattr(QUICK, name)} with --quick)"
+                       + ("; 0: no scene" if name == "scene_size" else ""))  # fmt: skip
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes of one torch thread each that train the runs side by side (default: one per CPU "
+                   "core; 1: in the demo's own process)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (they are shown on a terminal outside CI)")
+    p.add_argument("--started", type=float, default=None,
+                   help="time.time() at which the whole command started (make demo passes it, so the report gives "
+                   "the wall time with the set-up included)")
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
-    names = ("steps", "tiles_per_domain", "holdout_tiles", "tile_size", "batch_size", "lr", "seed")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    run_demo(args.out, world_dir=args.world_dir, methods=args.methods, quick=args.quick, threads=args.threads,
-             **overrides)  # fmt: skip
+    overrides = {name: getattr(args, name) for name in _CLI_FIELDS if getattr(args, name) is not None}
+    run_demo(args.out, world_dir=args.world_dir, methods=args.methods, quick=args.quick, workers=args.workers,
+             progress=args.progress, started=args.started, **overrides)  # fmt: skip
     return 0
 
 

@@ -5,13 +5,16 @@ demonstrated on, so ``scripts/pretrain_synthetic.py`` pretrains two tiny models,
 package's own synthetic world (``spectralmoe.data.synthetic``) and commits what ``save_pretrained``
 writes here:
 
-* ``synthetic-dinov2/`` — a ``Dinov2Model`` (patch 16) pretrained by masked-patch reconstruction;
+* ``synthetic-dinov2/`` — a NIR,R,G,B ``Dinov2Model`` (patch 16) pretrained with dense supervision
+  on the world's materials, surface types and heights, through every sensor of the world;
   backbone preset ``synthetic-dinov2``.
-* ``synthetic-depth-anything/`` — a ``DepthAnythingForDepthEstimation`` trained to predict the
-  world's height maps from RGB; depth preset ``synthetic-depth-anything``.
+* ``synthetic-depth-anything/`` — a ``DepthAnythingForDepthEstimation`` (encoder started from the
+  backbone) trained to predict the world's height maps from RGB; depth preset
+  ``synthetic-depth-anything``.
 
 Each folder holds ``config.json``, ``model.safetensors`` and ``PROVENANCE.json`` (the command, seed,
-library versions and SHA-256 of the weights). They load through the same ``from_pretrained`` path
+library versions, SHA-256 of the weights and the measurements: ridge probes per demo domain against
+raw pixels, height correlation; ``scripts/pretrain_synthetic.py --measure`` recomputes them). They load through the same ``from_pretrained`` path
 as hub checkpoints; they know nothing about real imagery.
 """
 

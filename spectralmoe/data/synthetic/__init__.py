@@ -26,7 +26,7 @@ Typical use::
     dm = DGDataModule("data/synthetic", task, num_workers=0)
 """
 
-from spectralmoe.data.synthetic.landcover import CLASSES, PALETTE, Ground, Scene, make_scene
+from spectralmoe.data.synthetic.landcover import CLASSES, PALETTE, SURFACE_CLASS, SURFACE_TYPES, Ground, Scene, make_scene
 from spectralmoe.data.synthetic.regions import REGIONS, Region, get_region
 from spectralmoe.data.synthetic.render import SceneRendering, SensorView, observe, render_scene
 from spectralmoe.data.synthetic.sensors import (
@@ -47,6 +47,7 @@ from spectralmoe.data.synthetic.world import (
     height_path,
     read_height,
     render_tile,
+    tile_scene,
     rgb_for_height,
     synthetic_task,
     target_groups,
@@ -55,9 +56,9 @@ from spectralmoe.data.synthetic.world import (
 
 __all__ = [
     "BENCHMARK", "CLASSES", "PALETTE", "DEFAULT_REGIONS", "DEFAULT_SENSORS", "ENDMEMBERS", "HEIGHT_DIR", "REGIONS",
-    "SENSOR_MODELS", "WAVELENGTHS_UM", "Ground", "Region", "Scene", "SceneRendering", "SensorModel", "SensorView",
+    "SENSOR_MODELS", "SURFACE_CLASS", "SURFACE_TYPES", "WAVELENGTHS_UM", "Ground", "Region", "Scene", "SceneRendering", "SensorModel", "SensorView",
     "band_compatible", "class_spectra", "compatible_sensor_groups", "endmember_spectra", "generate_world",
     "get_region", "get_sensor_model", "height_path", "make_scene", "observe", "read_height", "render_scene",
-    "render_tile", "rgb_for_height", "srf_matrix", "synthetic_task", "target_groups",
+    "render_tile", "rgb_for_height", "tile_scene", "srf_matrix", "synthetic_task", "target_groups",
     "world_statistics",
 ]  # fmt: skip

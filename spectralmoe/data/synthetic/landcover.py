@@ -39,6 +39,8 @@ from spectralmoe.data.synthetic.spectra import ENDMEMBERS, endmember_spectra
 __all__ = [
     "CLASSES",
     "PALETTE",
+    "SURFACE_TYPES",
+    "SURFACE_CLASS",
     "NoiseField",
     "Ground",
     "Scene",
@@ -58,6 +60,18 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 92, 230), (38, 115, 0), (255, 211, 127), (163, 255, 115), (200, 0, 0), (255, 255, 0), (160, 120, 80),
 )  # fmt: skip
 WATER, FOREST, CROPLAND, GRASSLAND, BUILT_UP, ROAD, BARE_SOIL = range(7)
+SURFACE_TYPES: tuple[str, ...] = (
+    "water_clear", "water_turbid", "forest_canopy", "garden_trees", "crop_sparse", "crop_medium", "crop_dense",
+    "field_margin", "grass_green", "grass_dry", "soil_moist", "soil_dry", "roof_concrete", "roof_tile", "roof_metal",
+    "yard_paved", "yard_unpaved", "street", "highway",
+)  # fmt: skip
+"""The world's surface types: the state of what covers each pixel (water turbidity, crop growth stage,
+grass dryness, soil moisture, roof material, paving, street or highway), finer than ``CLASSES``."""
+SURFACE_CLASS: tuple[int, ...] = (WATER, WATER, FOREST, BUILT_UP, CROPLAND, CROPLAND, CROPLAND, CROPLAND, GRASSLAND,
+                                  GRASSLAND, BARE_SOIL, BARE_SOIL, BUILT_UP, BUILT_UP, BUILT_UP, BUILT_UP, BUILT_UP,
+                                  ROAD, ROAD)  # fmt: skip
+"""The land-cover class (``CLASSES`` index) each surface type lies in."""
+_S = {name: i for i, name in enumerate(SURFACE_TYPES)}
 _NATURAL = np.array([FOREST, CROPLAND, GRASSLAND, BARE_SOIL], dtype=np.uint8)
 _M = {name: i for i, name in enumerate(ENDMEMBERS)}
 
@@ -179,7 +193,8 @@ class Ground:
 
     ``label`` uint8 class ids, ``height`` surface height (DSM, m above the water level),
     ``terrain`` bare-earth height (DTM), ``building`` bool footprints, ``abundances`` float32
-    ``[M, H, W]`` endmember fractions (times a brightness factor; ``ENDMEMBERS`` order)."""
+    ``[M, H, W]`` endmember fractions (times a brightness factor; ``ENDMEMBERS`` order), ``surface``
+    uint8 surface types (``SURFACE_TYPES``)."""
 
     gsd_m: float
     label: np.ndarray
@@ -187,6 +202,7 @@ class Ground:
     terrain: np.ndarray
     building: np.ndarray
     abundances: np.ndarray
+    surface: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -216,18 +232,20 @@ def _polyline(rng: np.random.Generator, extent: float, angle: float, step: float
     return np.concatenate([backward[::-1], centre[None], forward], axis=0)
 
 
-def _polyline_distance(coords: np.ndarray, vertices: np.ndarray, reach: float) -> np.ndarray:
-    """``[n, n]`` distance (m) of the grid pixels (centres ``coords`` along x and y) to a polyline,
-    capped at ``reach``. Loops over its few segments; each only visits the grid window within
-    ``reach`` of it."""
-    n = len(coords)
-    best = np.full((n, n), reach * reach, dtype=np.float32)
+def _polyline_distance(
+    xs: np.ndarray, vertices: np.ndarray, reach: float, ys: np.ndarray | None = None
+) -> np.ndarray:
+    """``[len(ys), len(xs)]`` distance (m) of the grid pixels (centres ``xs`` along x, ``ys`` along y;
+    ``ys`` defaults to ``xs``) to a polyline, capped at ``reach``. Loops over its few segments; each
+    only visits the grid window within ``reach`` of it."""
+    ys = xs if ys is None else ys
+    best = np.full((len(ys), len(xs)), reach * reach, dtype=np.float32)
     for (ax, ay), (bx, by) in zip(vertices[:-1], vertices[1:]):
-        c0, c1 = np.searchsorted(coords, [min(ax, bx) - reach, max(ax, bx) + reach])
-        r0, r1 = np.searchsorted(coords, [min(ay, by) - reach, max(ay, by) + reach])
+        c0, c1 = np.searchsorted(xs, [min(ax, bx) - reach, max(ax, bx) + reach])
+        r0, r1 = np.searchsorted(ys, [min(ay, by) - reach, max(ay, by) + reach])
         if c0 >= c1 or r0 >= r1:
             continue
-        x, y = coords[None, c0:c1], coords[r0:r1, None]
+        x, y = xs[None, c0:c1], ys[r0:r1, None]
         dx, dy = bx - ax, by - ay
         t = np.clip(((x - ax) * dx + (y - ay) * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
         np.minimum(best[r0:r1, c0:c1], (x - (ax + t * dx)) ** 2 + (y - (ay + t * dy)) ** 2, out=best[r0:r1, c0:c1])
@@ -235,14 +253,14 @@ def _polyline_distance(coords: np.ndarray, vertices: np.ndarray, reach: float) -
 
 
 class _LazyFields(dict):
-    """``name -> field sampled on the grid xs × xs``, sampled on first access."""
+    """``name -> field sampled on the grid xs × ys``, sampled on first access."""
 
-    def __init__(self, fields: dict[str, NoiseField], xs: np.ndarray) -> None:
+    def __init__(self, fields: dict[str, NoiseField], xs: np.ndarray, ys: np.ndarray) -> None:
         super().__init__()
-        self._fields, self._xs = fields, xs
+        self._fields, self._xs, self._ys = fields, xs, ys
 
     def __missing__(self, name: str) -> np.ndarray:
-        value = self[name] = self._fields[name].sample(self._xs, self._xs)
+        value = self[name] = self._fields[name].sample(self._xs, self._ys)
         return value
 
 
@@ -280,49 +298,100 @@ class Scene:
         key = (round(float(gsd_m), 9), size)
         if key not in self._cache:
             self._cache.clear()  # keep one grid: scenes are sampled at one or two GSDs in a row
-            self._cache[key] = self._sample(float(gsd_m), size)
+            xs = self.pixel_centres(float(gsd_m), size)
+            rng = np.random.default_rng([*self.entropy, 0x6E0, len(xs), int(round(gsd_m * 1e6))])
+            self._cache[key] = self._sample(float(gsd_m), xs, xs, rng, None)
         return self._cache[key]
 
+    def ground_window(
+        self, gsd_m: float, rows: tuple[int, int], cols: tuple[int, int], crop_parcels: np.ndarray
+    ) -> Ground:
+        """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of the scene's grid of ``gsd_m``:
+        a large scene is rendered window by window in bounded memory (``render.observe_window``).
+
+        Which field parcels are cropland is a vote over each parcel's pixels; a window sees only part
+        of a parcel, so the vote comes from ``crop_parcels`` (``crop_parcel_vote`` over the whole
+        scene), the same for every window: no seams. The white brightness noise is drawn per window.
+        """
+        xs = self.pixel_centres(gsd_m, cols[1])[cols[0]:]
+        ys = self.pixel_centres(gsd_m, rows[1])[rows[0]:]
+        if not (len(xs) and len(ys)):
+            raise ValueError(f"empty window rows={rows}, cols={cols}")
+        rng = np.random.default_rng([*self.entropy, 0x317D, rows[0], cols[0], len(ys), len(xs),
+                                     int(round(gsd_m * 1e6))])  # fmt: skip
+        return self._sample(float(gsd_m), xs, ys, rng, np.asarray(crop_parcels, dtype=bool))
+
+    def crop_parcel_vote(self, gsd_m: float, size: int | None = None) -> np.ndarray:
+        """Bool per field parcel: cropland when most of its pixels on the ``gsd_m`` grid of the whole
+        scene are natural cropland (what ``ground`` decides per grid), computed strip by strip."""
+        xs = self.pixel_centres(gsd_m, size)
+        p = self.parcels
+        counts = np.zeros(len(p.keys), dtype=np.float64)
+        crop = np.zeros(len(p.keys), dtype=np.float64)
+        for start in range(0, len(xs), 512):
+            ys = xs[start:start + 512]
+            fields = {name: self.fields[name].sample(xs, ys) for name in ("forest", "cropland", "grassland", "bare")}
+            natural = self._natural_cover(fields)[0]
+            parcel = self._parcel_geometry(xs, ys)[0]
+            counts += np.bincount(parcel.ravel(), minlength=len(p.keys))
+            crop += np.bincount(parcel.ravel(), weights=(natural == CROPLAND).ravel(), minlength=len(p.keys))
+        return crop > 0.5 * counts
+
+    def _natural_cover(self, f: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(natural class per pixel, the four class scores) from the cover noise fields."""
+        scores = np.stack([f["forest"], f["cropland"], f["grassland"], f["bare"]])
+        scores += np.asarray(self.region.class_bias, dtype=np.float32)[:, None, None]
+        return _NATURAL[np.argmax(scores, axis=0)], scores
+
+    def _parcel_geometry(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(parcel id, distance to the parcel's edge in m) of every pixel of the grid ``xs`` × ``ys``."""
+        p = self.parcels
+        x, y = xs[None, :] - self.extent_m / 2, ys[:, None] - self.extent_m / 2
+        cos_p, sin_p = math.cos(self.parcel_angle), math.sin(self.parcel_angle)
+        u, v = x * cos_p + y * sin_p, y * cos_p - x * sin_p
+        col = np.clip(np.searchsorted(p.bu, u, side="right") - 1, 0, len(p.bu) - 2)
+        key = col * p.stride + (v - p.v0)
+        parcel = np.clip(np.searchsorted(p.keys, key, side="right") - 1, 0, len(p.keys) - 2)
+        edge = np.minimum(
+            np.minimum(u - p.bu[col], p.bu[col + 1] - u),
+            np.minimum(key - p.keys[parcel], p.keys[parcel + 1] - key),
+        ).astype(np.float32)
+        return parcel, edge
+
     # ---------------------------------------------------------------------------- sampling
-    def _sample(self, gsd: float, size: int | None) -> Ground:
+    def _sample(
+        self, gsd: float, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator, crop_parcels: np.ndarray | None
+    ) -> Ground:
+        """The scene on the grid ``xs`` × ``ys`` (pixel centres, m); ``crop_parcels`` None: the
+        cropland vote over this grid's own pixels."""
         region = self.region
-        xs = self.pixel_centres(gsd, size)
-        n = len(xs)
-        rng = np.random.default_rng([*self.entropy, 0x6E0, n, int(round(gsd * 1e6))])
-        f = _LazyFields(self.fields, xs)  # a field is sampled only if used (no water: no turbidity)
-        x, y = xs[None, :] - self.extent_m / 2, xs[:, None] - self.extent_m / 2  # from the centre; y = south
+        shape = (len(ys), len(xs))
+        f = _LazyFields(self.fields, xs, ys)  # a field is sampled only if used (no water: no turbidity)
+        x, y = xs[None, :] - self.extent_m / 2, ys[:, None] - self.extent_m / 2  # from the centre; y = south
 
         # -- natural cover, then cropland snapped to parcels
-        scores = np.stack([f["forest"], f["cropland"], f["grassland"], f["bare"]])
-        scores += np.asarray(region.class_bias, dtype=np.float32)[:, None, None]
-        natural = _NATURAL[np.argmax(scores, axis=0)]
+        natural, scores = self._natural_cover(f)
         label = natural.copy()
         p = self.parcels
-        parcel = np.zeros((n, n), dtype=np.int64)
-        edge = np.full((n, n), np.inf, dtype=np.float32)
+        parcel = np.zeros(shape, dtype=np.int64)
+        edge = np.full(shape, np.inf, dtype=np.float32)
         crop_natural = natural == CROPLAND
         if crop_natural.any():
-            cos_p, sin_p = math.cos(self.parcel_angle), math.sin(self.parcel_angle)
-            u, v = x * cos_p + y * sin_p, y * cos_p - x * sin_p
-            col = np.clip(np.searchsorted(p.bu, u, side="right") - 1, 0, len(p.bu) - 2)
-            key = col * p.stride + (v - p.v0)
-            parcel = np.clip(np.searchsorted(p.keys, key, side="right") - 1, 0, len(p.keys) - 2)
-            edge = np.minimum(
-                np.minimum(u - p.bu[col], p.bu[col + 1] - u),
-                np.minimum(key - p.keys[parcel], p.keys[parcel + 1] - key),
-            ).astype(np.float32)
-            counts = np.bincount(parcel.ravel(), minlength=len(p.keys))
-            crop_share = np.bincount(parcel.ravel(), weights=crop_natural.ravel(), minlength=len(p.keys))
-            crop_parcel = (crop_share > 0.5 * counts)[parcel]
+            parcel, edge = self._parcel_geometry(xs, ys)
+            if crop_parcels is None:
+                counts = np.bincount(parcel.ravel(), minlength=len(p.keys))
+                crop_share = np.bincount(parcel.ravel(), weights=crop_natural.ravel(), minlength=len(p.keys))
+                crop_parcels = crop_share > 0.5 * counts
+            crop_parcel = crop_parcels[parcel]
             others = scores[[0, 2, 3]]
             fallback = _NATURAL[[0, 2, 3]][np.argmax(others, axis=0)]
             label = np.where(crop_parcel, CROPLAND, np.where(crop_natural, fallback, natural)).astype(np.uint8)
 
         # -- towns: street grid, lots, buildings
         town = f["urban"] > region.urban_level
-        street = np.zeros((n, n), dtype=bool)
-        building = np.zeros((n, n), dtype=bool)
-        lot = np.zeros((n, n), dtype=np.int64)
+        street = np.zeros(shape, dtype=bool)
+        building = np.zeros(shape, dtype=bool)
+        lot = np.zeros(shape, dtype=np.int64)
         b = self.blocks
         if town.any():
             cos_s, sin_s = math.cos(self.street_angle), math.sin(self.street_angle)
@@ -347,17 +416,17 @@ class Scene:
         lake = f["terrain"] < region.water_level
         valley = 40.0 + 2.0 * region.terrain_relief_m  # rivers run at water level in a valley this wide
         if self.river is not None:
-            river_distance = _polyline_distance(xs, self.river[0], self.river[1] / 2 + valley)
+            river_distance = _polyline_distance(xs, self.river[0], self.river[1] / 2 + valley, ys)
             river = river_distance < self.river[1] / 2
         else:
-            river_distance, river = None, np.zeros((n, n), dtype=bool)
+            river_distance, river = None, np.zeros(shape, dtype=bool)
         water = lake | river
         label[water] = WATER
 
         # -- major roads, over everything (bridges over water)
-        major = np.zeros((n, n), dtype=bool)
+        major = np.zeros(shape, dtype=bool)
         for vertices, width in self.roads:
-            major |= _polyline_distance(xs, vertices, width) < width / 2
+            major |= _polyline_distance(xs, vertices, width, ys) < width / 2
         label[major] = ROAD
         building &= ~water & ~major
 
@@ -371,8 +440,8 @@ class Scene:
         if gardens.any():
             gardens &= f["garden"] > 0.9
         trees = forest | gardens
-        crown = _sigmoid(1.5 * f["crown"]) if trees.any() else np.zeros((n, n), dtype=np.float32)
-        growth = np.zeros((n, n), dtype=np.float32)
+        crown = _sigmoid(1.5 * f["crown"]) if trees.any() else np.zeros(shape, dtype=np.float32)
+        growth = np.zeros(shape, dtype=np.float32)
         if cropland.any():
             growth = np.clip(p.growth[parcel] + 0.06 * f["vigour"], 0.0, 1.0)
         height = terrain.copy()
@@ -382,7 +451,7 @@ class Scene:
         height[cropland] += self.crop_height_m * growth[cropland]
 
         # -- materials: endmember fractions per class, computed on that class's pixels only
-        a = np.zeros((len(ENDMEMBERS), n * n), dtype=np.float32)
+        a = np.zeros((len(ENDMEMBERS), shape[0] * shape[1]), dtype=np.float32)
 
         def put(mask: np.ndarray, fractions: Callable[[Callable[[str], np.ndarray]], dict[str, Any]]) -> None:
             where = np.flatnonzero(mask)
@@ -431,11 +500,36 @@ class Scene:
         road = label == ROAD
         put(road & ~major, lambda at: {"asphalt": 0.65, "concrete": 0.35})
         put(road & major, lambda at: {"asphalt": 0.85, "concrete": 0.1, "soil_dry": 0.05})
-        brightness = 1.0 + 0.07 * f["brightness"] + 0.025 * rng.standard_normal((n, n), dtype=np.float32)
+        brightness = 1.0 + 0.07 * f["brightness"] + 0.025 * rng.standard_normal(shape, dtype=np.float32)
         brightness[water] = 1.0 + 0.3 * (brightness[water] - 1.0)
         brightness[forest] *= 0.78 + 0.14 * crown[forest]
         a *= brightness.ravel()[None]
-        return Ground(gsd, label, height.astype(np.float32), terrain.astype(np.float32), building, a.reshape(-1, n, n))
+
+        # -- surface types: the same masks and draws as the materials above, named
+        surface = np.full(shape, 255, dtype=np.uint8)
+        water_label = label == WATER
+        if water_label.any():
+            turbid = np.clip(region.turbidity + 0.15 * f["turbidity"], 0.0, 1.0) >= 0.5
+            surface[water_label] = np.where(turbid[water_label], _S["water_turbid"], _S["water_clear"])
+        surface[forest] = _S["forest_canopy"]
+        surface[gardens] = _S["garden_trees"]
+        stage = np.digitize(growth[inner], (0.35, 0.7))
+        surface[inner] = np.array([_S["crop_sparse"], _S["crop_medium"], _S["crop_dense"]], dtype=np.uint8)[stage]
+        surface[cropland & (edge < 1.5)] = _S["field_margin"]
+        grass = label == GRASSLAND
+        if grass.any():
+            dry = region.dryness + f["dryness"] >= 0.0  # sigmoid >= 0.5
+            surface[grass] = np.where(dry[grass], _S["grass_dry"], _S["grass_green"])
+        soil = label == BARE_SOIL
+        if soil.any():
+            moist = region.soil_moisture + f["moisture"] >= 0.0
+            surface[soil] = np.where(moist[soil], _S["soil_moist"], _S["soil_dry"])
+        surface[building] = _S["roof_concrete"] + b.roof[lot[building]].astype(np.uint8)
+        surface[yard] = np.where(b.paved[lot[yard]] >= 0.65, _S["yard_paved"], _S["yard_unpaved"])
+        surface[road & ~major] = _S["street"]
+        surface[road & major] = _S["highway"]
+        return Ground(gsd, label, height.astype(np.float32), terrain.astype(np.float32), building, a.reshape(-1, *shape),
+                      surface)  # fmt: skip
 
 
 def make_scene(

@@ -30,12 +30,13 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from spectralmoe.data.synthetic.landcover import CLASSES, NoiseField, Scene, make_scene, stable_hash
+from spectralmoe.data.synthetic.landcover import CLASSES, Ground, NoiseField, Scene, make_scene, stable_hash
 from spectralmoe.data.synthetic.regions import Region
 from spectralmoe.data.synthetic.sensors import SensorModel, get_sensor_model
 from spectralmoe.data.synthetic.spectra import WAVELENGTHS_UM
 
-__all__ = ["Acquisition", "SensorView", "SceneRendering", "observe", "render_scene", "block_mean", "block_majority"]
+__all__ = ["Acquisition", "SensorView", "SceneRendering", "observe", "observe_window", "render_scene", "block_mean",
+           "block_majority"]  # fmt: skip
 
 Radiometry = Literal["sensor", "ideal"]
 
@@ -140,6 +141,20 @@ def observe(
     """Render ``scene`` as seen by ``sensor`` at ``gsd_m`` (default: the sensor's) on a ``size``²
     grid (default: the scene's extent / GSD). Deterministic for a given scene and sensor."""
     model = get_sensor_model(sensor)
+    gsd, n = _check_grid(scene, model, gsd_m, size, oversample, radiometry)
+    # The acquisition (sun, haze, gain) belongs to (scene, sensor), whatever the grid; noise to the grid.
+    rng = np.random.default_rng([*scene.entropy, stable_hash(model.name), 0xAC9])
+    acq = _draw_acquisition(scene, model, rng)
+    haze_patches = NoiseField.draw(rng, scene.extent_m, (250.0,))
+    noise_rng = np.random.default_rng([*scene.entropy, stable_hash(model.name), 0x5E5, n, int(round(gsd * 1e6))])
+    fine = scene.ground(gsd / oversample, n * oversample)
+    xs = scene.pixel_centres(gsd, n)
+    return _product(scene, model, acq, haze_patches, noise_rng, fine, fine.height, xs, xs, gsd, oversample, radiometry)
+
+
+def _check_grid(
+    scene: Scene, model: SensorModel, gsd_m: float | None, size: int | None, oversample: int, radiometry: str
+) -> tuple[float, int]:
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
     if radiometry not in ("sensor", "ideal"):
@@ -148,19 +163,72 @@ def observe(
     n = int(round(scene.extent_m / gsd)) if size is None else int(size)
     if n < 1:
         raise ValueError(f"scene of {scene.extent_m} m at {gsd} m GSD has no pixel")
-    # The acquisition (sun, haze, gain) belongs to (scene, sensor), whatever the grid; noise to the grid.
+    return gsd, n
+
+
+def observe_window(
+    scene: Scene,
+    sensor: str | SensorModel,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    *,
+    crop_parcels: np.ndarray,
+    gsd_m: float | None = None,
+    size: int | None = None,
+    oversample: int = 3,
+    radiometry: Radiometry = "sensor",
+) -> SensorView:
+    """Rows ``rows[0]:rows[1]`` × columns ``cols[0]:cols[1]`` of ``observe(scene, sensor, …)``'s
+    ``size``² grid, rendered alone: a large scene is written window by window in bounded memory.
+
+    The acquisition (sun, haze, gain) is the scene's, the same in every window; the fine grid gets a
+    one-sample halo so that terrain shading across window borders is computed as on the whole grid;
+    ``crop_parcels`` is the scene's cropland vote (``Scene.crop_parcel_vote``), so fields do not change
+    class at window borders. Sensor noise and the sub-pixel brightness noise are drawn per window:
+    a window's pixels are statistically, not bitwise, those of the whole-grid rendering.
+    """
+    model = get_sensor_model(sensor)
+    gsd, n = _check_grid(scene, model, gsd_m, size, oversample, radiometry)
+    (r0, r1), (c0, c1) = rows, cols
+    if not (0 <= r0 < r1 <= n and 0 <= c0 < c1 <= n):
+        raise ValueError(f"window rows={rows}, cols={cols} is not inside the {n}x{n} grid")
     rng = np.random.default_rng([*scene.entropy, stable_hash(model.name), 0xAC9])
     acq = _draw_acquisition(scene, model, rng)
     haze_patches = NoiseField.draw(rng, scene.extent_m, (250.0,))
-    noise_rng = np.random.default_rng([*scene.entropy, stable_hash(model.name), 0x5E5, n, int(round(gsd * 1e6))])
-    fine = scene.ground(gsd / oversample, n * oversample)
+    noise_rng = np.random.default_rng([*scene.entropy, stable_hash(model.name), 0x5E5, n, int(round(gsd * 1e6)),
+                                       r0, c0, r1, c1])  # fmt: skip
+    fine_n = n * oversample
+    halo_rows = (max(0, r0 * oversample - 1), min(fine_n, r1 * oversample + 1))
+    halo_cols = (max(0, c0 * oversample - 1), min(fine_n, c1 * oversample + 1))
+    haloed = scene.ground_window(gsd / oversample, halo_rows, halo_cols, crop_parcels)
+    top, left = r0 * oversample - halo_rows[0], c0 * oversample - halo_cols[0]
+    inner = (slice(top, top + (r1 - r0) * oversample), slice(left, left + (c1 - c0) * oversample))
+    fine = Ground(haloed.gsd_m, haloed.label[inner], haloed.height[inner], haloed.terrain[inner],
+                  haloed.building[inner], haloed.abundances[(slice(None), *inner)],
+                  None if haloed.surface is None else haloed.surface[inner])  # fmt: skip
+    shading_height = haloed.height  # gradient on the haloed grid, cropped after
+    xs = scene.pixel_centres(gsd, c1)[c0:]
+    ys = scene.pixel_centres(gsd, r1)[r0:]
+    return _product(scene, model, acq, haze_patches, noise_rng, fine, shading_height, xs, ys, gsd, oversample,
+                    radiometry, crop=inner)  # fmt: skip
+
+
+def _product(
+    scene: Scene, model: SensorModel, acq: Acquisition, haze_patches: NoiseField, noise_rng: np.random.Generator,
+    fine: Ground, shading_height: np.ndarray, xs: np.ndarray, ys: np.ndarray, gsd: float, oversample: int,
+    radiometry: str, crop: tuple[slice, slice] | None = None,
+) -> SensorView:  # fmt: skip
+    """Steps 2–5 of the module docstring on a sampled fine grid (``crop``: the part of the shading
+    grid ``shading_height`` that ``fine`` covers)."""
 
     srf = model.srf().astype(np.float64)  # [C, L]
     band_endmembers = (scene.endmembers @ srf.T).astype(np.float32)  # [M, C]
     wl = WAVELENGTHS_UM
     diffuse = (srf @ np.clip(acq.diffuse * (wl / 0.55) ** -2.0, 0.03, 0.8)).astype(np.float32)
     direct = 1.0 - diffuse
-    cos_i = _cos_incidence(fine.height, fine.gsd_m, acq.sun_elevation_deg, acq.sun_azimuth_deg)
+    cos_i = _cos_incidence(shading_height, fine.gsd_m, acq.sun_elevation_deg, acq.sun_azimuth_deg)
+    if crop is not None:
+        cos_i = cos_i[crop]
     flat = direct * math.sin(math.radians(acq.sun_elevation_deg)) + diffuse
     # band b = Σ_m E[m, b]·A_m·(direct_b·cos⁺ + diffuse_b)/flat_b. Everything is linear in A, so the
     # M abundance maps (lit and unlit) are box-averaged first and mixed into bands at the sensor's
@@ -180,8 +248,7 @@ def observe(
     path = acq.haze * (wl / 0.55) ** -acq.angstrom
     path_b = (srf @ path).astype(np.float32)
     depth_b = (srf @ (8.0 * path)).astype(np.float32)
-    xs = scene.pixel_centres(gsd, n)
-    patches = np.clip(1.0 + 0.35 * haze_patches.sample(xs, xs), 0.3, None)
+    patches = np.clip(1.0 + 0.35 * haze_patches.sample(xs, ys), 0.3, None)
     apparent = np.exp(-depth_b[:, None, None] * patches[None]) * surface + path_b[:, None, None] * patches[None]
     sigma = np.sqrt(model.shot_noise * np.maximum(apparent, 0.0) + model.read_noise**2)
     apparent = apparent + sigma * noise_rng.standard_normal(apparent.shape, dtype=np.float32)

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -51,7 +52,7 @@ from spectralmoe.data.layout import (
     write_image_tile,
 )
 from spectralmoe.data.prepare.common import PrepareRun, TileArrays
-from spectralmoe.data.synthetic.landcover import CLASSES, PALETTE, make_scene, stable_hash
+from spectralmoe.data.synthetic.landcover import CLASSES, PALETTE, Scene, make_scene, stable_hash
 from spectralmoe.data.synthetic.regions import REGIONS, get_region
 from spectralmoe.data.synthetic.render import SensorView, observe
 from spectralmoe.data.synthetic.sensors import (
@@ -70,6 +71,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "generate_world",
     "render_tile",
+    "tile_scene",
     "domain_name",
     "tile_relative",
     "height_path",
@@ -166,9 +168,17 @@ def render_tile(
 ) -> SensorView:
     """Tile ``index`` of domain (sensor, region) exactly as ``generate_world`` writes it (image,
     label, height): the world can be regenerated tile by tile without reading files."""
+    scene = tile_scene(sensor, region, index, seed=seed, tile_size=tile_size, gsd_scale=gsd_scale)
+    return observe(scene, sensor, gsd_m=_gsd(sensor, gsd_scale), size=tile_size, oversample=oversample)
+
+
+def tile_scene(
+    sensor: str, region: str, index: int, *, seed: int = 0, tile_size: int = 64, gsd_scale: float = 1.0
+) -> Scene:
+    """The ground of tile ``index`` of domain (sensor, region) (what ``render_tile`` observes): after
+    ``observe`` its fine grid — materials, surface types — is ``scene.ground(gsd / oversample, …)``."""
     gsd = _gsd(sensor, gsd_scale)
-    scene = make_scene((seed, stable_hash(sensor), index), region, tile_size * gsd)
-    return observe(scene, sensor, gsd_m=gsd, size=tile_size, oversample=oversample)
+    return make_scene((seed, stable_hash(sensor), index), region, tile_size * gsd)
 
 
 def _transform(sensor: str, region: str, index: int, tile_size: int, gsd: float) -> Any:
@@ -259,6 +269,7 @@ def generate_world(
     oversample: int = 3,
     gsd_scale: float = 1.0,
     progress: bool = False,
+    workers: int = 1,
 ) -> PreparedIndex:
     """Write the synthetic world into ``out`` (see the module docstring) and return its index.
 
@@ -273,6 +284,7 @@ def generate_world(
         oversample: sub-samples per sensor pixel and axis (GSD mixing, majority labels).
         gsd_scale: multiplies every sensor's GSD (< 1 shrinks the ground a tile covers).
         progress: print progress to stderr.
+        workers: processes rendering tiles (> 1 renders ahead in a pool; the files do not depend on it).
     """
     regions = list(dict.fromkeys(regions))
     sensors = list(dict.fromkeys(sensors))
@@ -301,6 +313,40 @@ def generate_world(
     run = PrepareRun(BENCHMARK, out, progress=progress, tile_options=tile_options)
     atomic_write_bytes(out / NOTE_FILE, _NOTE.format(classes=", ".join(CLASSES), parameters=parameters).encode())
     stats: dict[str, _DomainStats] = {}
+    missing = [(sensor, region, index) for sensor in sensors for region in regions for index in range(tiles_per_domain)
+               if not _tile_complete(out, tile_relative(sensor, region, index))]  # fmt: skip
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(missing) > 1 else None
+    rendered = None
+    if pool is not None:  # in the loop's order, so the loop below takes them one by one
+        jobs = [(sensor, region, index, seed, tile_size, oversample, gsd_scale) for sensor, region, index in missing]
+        rendered = pool.map(_render_job, jobs, chunksize=2)
+    try:
+        _write_tiles(run, out, sensors, regions, tiles_per_domain, tile_size, seed, source, oversample, gsd_scale,
+                     stats, rendered)  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    options = _options(parameters, sensors, gsd_scale, stats)
+    return run.finish(classes=CLASSES, palette=PALETTE, sensors={s: get_sensor(s) for s in sensors}, options=options)
+
+
+def _tile_complete(out: Path, relative: str) -> bool:
+    return ((out / IMAGE_DIR / f"{relative}.tif").is_file() and (out / LABEL_DIR / f"{relative}.png").is_file()
+            and height_path(out, relative).is_file())  # fmt: skip
+
+
+def _render_job(job: tuple[str, str, int, int, int, int, float]) -> SensorView:
+    sensor, region, index, seed, tile_size, oversample, gsd_scale = job
+    return render_tile(sensor, region, index, seed=seed, tile_size=tile_size, oversample=oversample,
+                       gsd_scale=gsd_scale)  # fmt: skip
+
+
+def _write_tiles(
+    run: PrepareRun, out: Path, sensors: Sequence[str], regions: Sequence[str], tiles_per_domain: int, tile_size: int,
+    seed: int, source: tuple[str, str], oversample: int, gsd_scale: float, stats: dict[str, "_DomainStats"],
+    rendered: Iterator[SensorView] | None,
+) -> None:  # fmt: skip
+    """Write every tile that is not on disk yet (taking them from ``rendered`` when given, in order)."""
     for sensor in sensors:
         record = get_sensor(sensor)
         gsd = _gsd(sensor, gsd_scale)
@@ -315,8 +361,9 @@ def generate_world(
                 heights = height_path(out, relative)
                 view: SensorView | None = None
                 if not (image_file.is_file() and label_file.is_file() and heights.is_file()):
-                    view = render_tile(sensor, region, index, seed=seed, tile_size=tile_size, oversample=oversample,
-                                       gsd_scale=gsd_scale)  # fmt: skip
+                    view = next(rendered) if rendered is not None else render_tile(
+                        sensor, region, index, seed=seed, tile_size=tile_size, oversample=oversample,
+                        gsd_scale=gsd_scale)  # fmt: skip
                     write_image_tile(heights, view.height[None], crs=CRS, transform=transform, band_names=["height_m"])
 
                 def make(view: SensorView | None = view, region: str = region, index: int = index) -> TileArrays:
@@ -332,7 +379,11 @@ def generate_world(
                     domain_stats.add(view.image, view.label)
                 else:
                     domain_stats.add(read_image(image_file).array, read_label(label_file))
-    options = {
+
+
+def _options(parameters: dict[str, Any], sensors: Sequence[str], gsd_scale: float,
+             stats: dict[str, "_DomainStats"]) -> dict[str, Any]:  # fmt: skip
+    return {
         "SYNTHETIC": True,
         "note": "synthetic world generated by spectralmoe.data.synthetic; not real imagery (see SYNTHETIC.txt)",
         "parameters": parameters,
@@ -346,7 +397,6 @@ def generate_world(
             for domain, s in stats.items()
         },
     }
-    return run.finish(classes=CLASSES, palette=PALETTE, sensors={s: get_sensor(s) for s in sensors}, options=options)
 
 
 # ------------------------------------------------------------------------------------ reading

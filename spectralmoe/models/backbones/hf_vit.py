@@ -12,7 +12,9 @@ Three things are changed on the loaded model, on the instance only (no library c
   embedding modules are told their patch is 16, so that transformers' own on-the-fly position
   interpolation targets the 16-grid.
 * **Bands.** The patch conv gets one input channel per band, initialised from the RGB kernel by
-  :func:`~spectralmoe.models.patch_embed.adapt_kernel_to_bands` (identity for R, G, B order).
+  :func:`~spectralmoe.models.patch_embed.adapt_kernel_to_bands` (identity for R, G, B order); a model
+  pretrained on other bands names their wavelengths in its config (``channel_wavelengths_um``) and
+  its filters are spread by the same rule.
 * **Frozen.** All parameters stop requiring gradients and the module stays in eval mode.
 """
 
@@ -126,8 +128,18 @@ class HFViTBackbone(FrozenBackbone):
         conv: nn.Conv2d = getattr(owner, attr)
         weight = conv.weight
         c_old, k = weight.shape[1], weight.shape[-1]
-        if c_old == 3:
-            identity_bands = self.in_channels == 3 and band_colour_assignment(self.in_wavelengths) == [[0], [1], [2]]
+        # A model pretrained on other bands than R, G, B records their wavelengths in its config
+        # (``channel_wavelengths_um``, e.g. the packaged synthetic NIR,R,G,B model): its filters are
+        # spread by the same nearest-wavelength rule, with its channels in place of R, G, B.
+        recorded = getattr(self.model.config, "channel_wavelengths_um", None)
+        channels = tuple(as_wavelength_list(recorded)) if recorded is not None else (RGB_TARGETS_UM if c_old == 3
+                                                                                      else None)  # fmt: skip
+        if channels is not None and len(channels) != c_old:
+            raise ValueError(f"{self.name}: channel_wavelengths_um lists {len(channels)} wavelengths for a patch "
+                             f"embedding of {c_old} channels")  # fmt: skip
+        if channels is not None:
+            identity_bands = self.in_channels == c_old and band_colour_assignment(
+                self.in_wavelengths, channels) == [[i] for i in range(c_old)]
         elif c_old == self.in_channels:
             identity_bands = True
         else:
@@ -151,7 +163,8 @@ class HFViTBackbone(FrozenBackbone):
             with torch.no_grad():
                 new_weight = resize_patch_kernel(weight.detach(), EFFECTIVE_PATCH_SIZE, method=self.kernel_resize)
                 if not identity_bands:
-                    new_weight = adapt_kernel_to_bands(new_weight, self.in_wavelengths)
+                    assert channels is not None
+                    new_weight = adapt_kernel_to_bands(new_weight, self.in_wavelengths, channels)
                 new_conv.weight.copy_(new_weight)
                 if conv.bias is not None:
                     new_conv.bias.copy_(conv.bias)

@@ -80,10 +80,11 @@ _SAM = dict(patch_size=16, image_size=1024, window_size=14, output_channels=256,
 
 _SAM_GLOBAL = {"b": (2, 5, 8, 11), "l": (5, 11, 17, 23), "h": (7, 15, 23, 31)}
 
-#: Architecture of the packaged synthetic-world DINOv2 (also what its pretraining script builds).
+#: Architecture of the packaged synthetic-world DINOv2 (also what its pretraining script builds): a
+#: NIR,R,G,B model (its channels' wavelengths in the config), as a multispectral foundation model.
 SYNTHETIC_DINOV2_CONFIG: dict[str, Any] = _vit(
     96, 6, 4, patch_size=16, image_size=128, mlp_ratio=4, layerscale_value=1.0, layer_norm_eps=1e-6, qkv_bias=True,
-    hidden_act="gelu", use_swiglu_ffn=False,
+    hidden_act="gelu", use_swiglu_ffn=False, num_channels=4, channel_wavelengths_um=[0.83, 0.665, 0.56, 0.49],
 )
 
 
