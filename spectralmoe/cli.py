@@ -766,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dispatch(words, argv is not None or len(words) != len(raw))
         except KeyboardInterrupt:
             return _interrupted(command)
-        except SystemExit as stop:
+        except SystemExit:
             if received_signal() is not None:  # Lightning turns an interrupted fit into SystemExit(1)
                 return _interrupted(command)
             raise

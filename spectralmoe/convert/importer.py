@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from spectralmoe.bands import get_sensor
 from spectralmoe.convert.frozen import FrozenModels, PatchEmbedRule, convert_frozen_file, detect_visual_family
 from spectralmoe.convert.mask2former import HeadSpec, convert_head_state_dict, infer_head_spec, load_head_weights

@@ -4,6 +4,8 @@ and ``write_scene`` writes it as georeferenced GeoTIFFs (image + ground truth), 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from spectralmoe.bands import get_sensor
 from spectralmoe.data.synthetic import CLASSES, PALETTE, make_scene, observe
 from spectralmoe.data.synthetic.render import observe_window
 from spectralmoe.data.synthetic.scene_raster import write_scene
+from spectralmoe.outputs import parse_temporary, temporary_path
 
 
 def _windows(scene, sensor: str, size: int, step: int, radiometry: str = "sensor"):
@@ -105,3 +108,19 @@ def test_every_pixel_has_a_surface_type_inside_its_class() -> None:
             np.testing.assert_array_equal(np.asarray(SURFACE_CLASS)[ground.surface], ground.label)
             seen |= set(np.unique(ground.surface).tolist())
     assert len(seen) >= 15  # most types occur in a dozen scenes
+
+
+def test_a_killed_render_leaves_named_temporaries_that_the_next_render_sweeps(tmp_path: Path) -> None:
+    """A render killed outright (SIGKILL) leaves temporaries named as ``spectralmoe.outputs`` names them;
+    the next render into that cache folder removes them and leaves a live process's alone."""
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid that no longer runs
+    live = temporary_path(folder / "image.tif")  # this process: alive
+    dead = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{child.pid}-"))
+    assert parse_temporary(dead) is not None and parse_temporary(dead).pid == child.pid
+    dead.write_bytes(b"half a GeoTIFF")
+    live.write_bytes(b"another run, still writing")
+    write_scene(folder, sensor="planetscope", region="south", size=32, seed=2, window=32)
+    assert not dead.exists() and live.exists()

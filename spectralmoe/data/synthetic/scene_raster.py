@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from spectralmoe.bands import get_sensor
 from spectralmoe.data.synthetic.landcover import CLASSES, PALETTE, make_scene, stable_hash
 from spectralmoe.data.synthetic.regions import get_region
 from spectralmoe.data.synthetic.render import observe_window
 from spectralmoe.data.synthetic.sensors import get_sensor_model
 from spectralmoe.data.synthetic.world import CRS, GENERATOR_VERSION
+from spectralmoe.outputs import sweep_stale, temporary_path
 
 __all__ = ["SCENE_FILES", "SceneFiles", "write_scene"]
 
@@ -122,8 +121,10 @@ def write_scene(
     transform = Affine(gsd, 0.0, 300_000.0, 0.0, -gsd, 3_500_000.0)
     common = {"driver": "GTiff", "height": size, "width": size, "crs": CRS, "transform": transform, "tiled": True,
               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}  # fmt: skip
-    # temporary names of this process only: two runs sharing a cache never rename each other's files
-    image_tmp, label_tmp, note_tmp = (folder / f".{name}.{os.getpid()}.tmp" for name in SCENE_FILES)
+    # temporaries named as spectralmoe.outputs names them (host, pid, token): two runs sharing a cache never
+    # rename each other's files, and what a killed run left is swept here by the next one
+    sweep_stale(folder)
+    image_tmp, label_tmp, note_tmp = (temporary_path(folder / name) for name in SCENE_FILES)
     starts = list(range(0, size, window))
     total, done = len(starts) ** 2, 0
     try:

@@ -35,7 +35,6 @@ import logging
 import re
 from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from spectralmoe.models.adapters.base import Adapter
