@@ -365,7 +365,8 @@ def miou_figure(results: dict[str, MethodResult], source: str) -> Any:
         ax.bar(x, means, width, yerr=stds, capsize=2, label=label_of(method))
         for xi, place in zip(x, places):
             values = result.values(place)
-            ax.plot([xi] * len(values), values, "k.", markersize=3)
+            ax.plot([xi + width / 4] * len(values), values, "o", markersize=3.5, markerfacecolor="white",
+                    markeredgecolor="black", markeredgewidth=0.8, zorder=3)  # beside the error bar, not under it
     ax.set_xticks(np.arange(len(places)), [f"{source}\n(source, held out)", *places[1:]], fontsize=7)
     seeds = len(next(iter(results.values())).runs)
     ax.set_ylabel("mIoU (%)")
