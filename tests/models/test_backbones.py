@@ -349,3 +349,22 @@ def test_dofa_names_are_delegated_lazily(monkeypatch) -> None:
     assert not any(n.startswith(("dofa", "tiny-dofa")) for n in list_backbones())
     with pytest.raises(KeyError, match="failed to import"):
         build_backbone("dofa-vitl", pretrained=False)
+
+
+@pytest.mark.parametrize("family", sorted(presets_module.WRITTEN_FAMILIES))
+def test_written_family_builders_share_preset_and_random_weight_rules(family: str, caplog, tmp_path) -> None:
+    """Every written family resolves presets, refuses unknown names and contradicting weight arguments
+    the same way (``common.resolve_preset`` / ``random_weights_requested``)."""
+    configs_name, builder_name, _ = presets_module.WRITTEN_FAMILIES[family]
+    module = presets_module._family_module(family)
+    builder, configs = getattr(module, builder_name), getattr(module, configs_name)
+    label = next(iter(configs.values())).family_label
+    with pytest.raises(KeyError, match=rf"unknown {label} preset 'no-such-model'; known: "):
+        builder("no-such-model", pretrained=False)
+    with pytest.raises(ValueError, match="weights= was given with pretrained=False"):
+        builder(next(iter(configs)), pretrained=False, weights=tmp_path / "model.pth")
+    tiny = [name for name in configs if name.startswith("tiny-")][0]
+    with caplog.at_level(logging.WARNING), torch.device("meta"):
+        backbone = builder(configs[tiny], pretrained=False, in_wavelengths=[0.665, 0.56, 0.49])  # a config, as is
+    assert f"{label} config built with RANDOM weights" in caplog.text
+    assert backbone.embed_dim == configs[tiny].embed_dim

@@ -19,20 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "FamilyConfig",
+    "resolve_preset",
+    "random_weights_requested",
     "read_family_folder",
     "sincos_embedding_1d",
     "sincos_embedding_2d",
@@ -393,6 +398,32 @@ def read_state_file(path: str | os.PathLike, *, strip_prefixes: Sequence[str] = 
 def drop_keys(state: dict[str, torch.Tensor], pattern: re.Pattern[str]) -> dict[str, torch.Tensor]:
     """The state without the keys that ``pattern`` matches (heads, pretraining-only parts)."""
     return {k: v for k, v in state.items() if not pattern.match(k)}
+
+
+ConfigT = TypeVar("ConfigT", bound=FamilyConfig)
+
+
+def resolve_preset(name: str | ConfigT, presets: Mapping[str, ConfigT], config_type: type[ConfigT]
+                   ) -> tuple[str | None, ConfigT]:  # fmt: skip
+    """``(preset name, its config)`` for a preset name, ``(None, config)`` for a config given as is."""
+    if isinstance(name, config_type):
+        return None, name
+    try:
+        return name, presets[name]  # type: ignore[index]
+    except KeyError:
+        raise KeyError(f"unknown {config_type.family_label} preset {name!r}; known: {', '.join(sorted(presets))}"
+                       ) from None  # fmt: skip
+
+
+def random_weights_requested(pretrained: bool, weights: Any, family: str, preset: str | None) -> bool:
+    """True when a builder is asked for random weights (logged as a warning); ``weights`` together with
+    ``pretrained=False`` is a contradiction and an error."""
+    if pretrained:
+        return False
+    if weights is not None:
+        raise ValueError("weights= was given with pretrained=False; drop one of them")
+    logger.warning("%s %s built with RANDOM weights (pretrained=False)", family, preset or "config")
+    return True
 
 
 def strict_load(model: nn.Module, state: dict[str, torch.Tensor], source: str, family: str) -> None:

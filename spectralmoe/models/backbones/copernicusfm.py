@@ -58,9 +58,11 @@ from spectralmoe.models.backbones.common import (
     drop_keys,
     fourier_expansion,
     locate_weights,
+    random_weights_requested,
     read_family_folder,
     read_state_file,
     resample_pos_embed,
+    resolve_preset,
     save_folder,
     sincos_embedding_2d,
     strict_load,
@@ -452,15 +454,6 @@ class CopernicusFMBackbone(FrozenBackbone):
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_config(name: str | CopernicusFMConfig) -> tuple[str | None, CopernicusFMConfig]:
-    if isinstance(name, CopernicusFMConfig):
-        return None, name
-    try:
-        return name, COPERNICUSFM_CONFIGS[name]
-    except KeyError:
-        raise KeyError(f"unknown Copernicus-FM preset {name!r}; known: {', '.join(sorted(COPERNICUSFM_CONFIGS))}"
-                       ) from None  # fmt: skip
-
 
 def build_copernicusfm_backbone(
     name: str | CopernicusFMConfig,
@@ -479,13 +472,10 @@ def build_copernicusfm_backbone(
     ``save_pretrained`` format; or None → the preset's hub file (``COPERNICUSFM_WEIGHTS``).
     ``pretrained=False`` → random init (with a warning); works inside ``with torch.device("meta"):``.
     """
-    preset, config = _resolve_config(name)
+    preset, config = resolve_preset(name, COPERNICUSFM_CONFIGS, CopernicusFMConfig)
     wrap = dict(in_wavelengths=in_wavelengths, in_bandwidths=in_bandwidths, gsd_m=gsd_m, out_indices=out_indices,
                 gradient_checkpointing=gradient_checkpointing, name=preset or "copernicusfm")  # fmt: skip
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("Copernicus-FM %s built with RANDOM weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "Copernicus-FM", preset):
         return CopernicusFMBackbone(CopernicusFMModel(config), **wrap)
 
     hub = COPERNICUSFM_WEIGHTS.get(preset or "")

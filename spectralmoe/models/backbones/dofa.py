@@ -79,9 +79,11 @@ from spectralmoe.models.backbones.common import (  # noqa: F401 - sin-cos helper
     WavelengthWeightGenerator,
     drop_keys,
     locate_weights,
+    random_weights_requested,
     read_family_folder,
     read_state_file,
     resample_pos_embed,
+    resolve_preset,
     save_folder,
     sincos_embedding_1d,
     sincos_embedding_2d,
@@ -410,14 +412,6 @@ def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return drop_keys(read_state_file(path), _IGNORED_KEY_PATTERN)
 
 
-def _resolve_config(name: str | DOFAConfig) -> tuple[str | None, DOFAConfig]:
-    if isinstance(name, DOFAConfig):
-        return None, name
-    try:
-        return name, DOFA_CONFIGS[name]
-    except KeyError:
-        raise KeyError(f"unknown DOFA preset {name!r}; known: {', '.join(sorted(DOFA_CONFIGS))}") from None
-
 
 def build_dofa_backbone(
     name: str | DOFAConfig,
@@ -435,12 +429,9 @@ def build_dofa_backbone(
     (``DOFA_WEIGHTS`` / ``DOFA_WEIGHT_FILES``). ``pretrained=False`` → random init (with a warning);
     works inside ``with torch.device("meta"):``.
     """
-    preset, config = _resolve_config(name)
+    preset, config = resolve_preset(name, DOFA_CONFIGS, DOFAConfig)
     kwargs = dict(in_wavelengths=in_wavelengths, out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("DOFA %s built with random weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "DOFA", preset):
         return DOFABackbone(config, **kwargs)
 
     kind, where = locate_weights(weights, family="DOFA", preset=preset, hub_repo=DOFA_WEIGHTS.get(preset or ""),

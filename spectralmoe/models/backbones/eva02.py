@@ -64,9 +64,11 @@ from spectralmoe.models.backbones.common import (
     check_out_indices,
     drop_keys,
     locate_weights,
+    random_weights_requested,
     read_family_folder,
     read_state_file,
     resample_pos_embed,
+    resolve_preset,
     save_folder,
     strict_load,
 )
@@ -521,14 +523,6 @@ def _resize_kernel_in_state(state: dict[str, torch.Tensor], patch: int, method: 
         state["patch_embed.proj.weight"] = resize_patch_kernel(kernel, patch, method=method)
 
 
-def _resolve_config(name: str | EVA02Config) -> tuple[str | None, EVA02Config]:
-    if isinstance(name, EVA02Config):
-        return None, name
-    try:
-        return name, EVA02_CONFIGS[name]
-    except KeyError:
-        raise KeyError(f"unknown EVA02 preset {name!r}; known: {', '.join(sorted(EVA02_CONFIGS))}") from None
-
 
 def build_eva02_backbone(
     name: str | EVA02Config,
@@ -549,13 +543,10 @@ def build_eva02_backbone(
     """
     if kernel_resize not in ("bicubic", "pi"):
         raise ValueError(f"unknown kernel_resize {kernel_resize!r}; use 'bicubic' or 'pi'")
-    preset, config = _resolve_config(name)
+    preset, config = resolve_preset(name, EVA02_CONFIGS, EVA02Config)
     wrap = dict(in_wavelengths=in_wavelengths, out_indices=out_indices, gradient_checkpointing=gradient_checkpointing,
                 name=preset or "eva02")  # fmt: skip
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("EVA02 %s built with RANDOM weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "EVA02", preset):
         return EVA02Backbone(EVA02Model(config), **wrap)
 
     hub = EVA02_WEIGHTS.get(preset or "")

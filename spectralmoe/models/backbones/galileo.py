@@ -66,7 +66,13 @@ from torch import nn
 
 from spectralmoe.bands import DEFAULT_GSD_M, SENTINEL2_BANDS, as_wavelength_list, wavelength_distance
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
-from spectralmoe.models.backbones.common import FamilyConfig, sincos_embedding_1d
+from spectralmoe.models.backbones.common import (
+    FamilyConfig,
+    random_weights_requested,
+    resolve_preset,
+    sincos_embedding_1d,
+    strict_load,
+)
 from spectralmoe.models.patch_embed import resize_patch_kernel
 
 logger = logging.getLogger(__name__)
@@ -458,17 +464,6 @@ def load_galileo_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.replace(".backbone", "").removeprefix("module."): v.float() for k, v in raw.items()}
 
 
-def _load_strict(model: GalileoEncoder, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{source} does not match the Galileo encoder: missing keys {missing[:20]}, unexpected keys "
-                         f"{unexpected[:20]}")  # fmt: skip
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{source}: tensor shapes do not match the Galileo config {model.config}: {err}") from err
-
 
 def _resolve_weights(preset: str | None, config: GalileoConfig, weights: str | os.PathLike | None) -> Path:
     if weights is None:
@@ -523,25 +518,16 @@ def build_galileo_backbone(
     builder signature and not used (Galileo's bands are fixed slots).
     """
     del in_bandwidths
-    if isinstance(name, GalileoConfig):
-        preset, config = None, name
-    else:
-        try:
-            preset, config = name, GALILEO_CONFIGS[name]
-        except KeyError:
-            raise KeyError(f"unknown Galileo preset {name!r}; known: {', '.join(sorted(GALILEO_CONFIGS))}") from None
+    preset, config = resolve_preset(name, GALILEO_CONFIGS, GalileoConfig)
     kwargs = dict(in_wavelengths=in_wavelengths, gsd_m=gsd_m, month=month, patch_size=patch_size,
                   normalization=normalization, out_indices=out_indices, gradient_checkpointing=gradient_checkpointing)
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("Galileo %s built with random weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "Galileo", preset):
         return GalileoBackbone(config, **kwargs)
     path = _resolve_weights(preset, config, weights)
     state = load_galileo_state_dict(path)
     with torch.device("meta"):
         backbone = GalileoBackbone(config, **kwargs)
-    _load_strict(backbone.model, state, str(path))
+    strict_load(backbone.model, state, str(path), "Galileo encoder")
     backbone.freeze()
     return backbone
 

@@ -57,7 +57,13 @@ from torch import nn
 
 from spectralmoe.bands import DEFAULT_GSD_M, as_wavelength_list, default_bandwidths_um
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
-from spectralmoe.models.backbones.common import FamilyConfig, resample_pos_embed
+from spectralmoe.models.backbones.common import (
+    FamilyConfig,
+    random_weights_requested,
+    resample_pos_embed,
+    resolve_preset,
+    strict_load,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -396,20 +402,11 @@ def build_senpamae_backbone(
     There are no public weights: ``pretrained=True`` needs ``weights=<checkpoint .pt>``.
     ``pretrained=False`` → random init (a warning); works under ``torch.device("meta")``.
     """
-    if isinstance(name, SenPaMAEConfig):
-        preset, config = None, name
-    else:
-        try:
-            preset, config = name, SENPAMAE_CONFIGS[name]
-        except KeyError:
-            raise KeyError(f"unknown SenPa-MAE preset {name!r}; known: {', '.join(sorted(SENPAMAE_CONFIGS))}") from None
+    preset, config = resolve_preset(name, SENPAMAE_CONFIGS, SenPaMAEConfig)
     kwargs = dict(in_wavelengths=in_wavelengths, in_bandwidths=in_bandwidths, gsd_m=gsd_m,
                   response_curves=response_curves, out_indices=out_indices,
                   gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("SenPa-MAE %s built with random weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "SenPa-MAE", preset):
         return SenPaMAEBackbone(config, **kwargs)
     if weights is None:
         raise ValueError(
@@ -423,14 +420,6 @@ def build_senpamae_backbone(
     state = _load_checkpoint(path)
     with torch.device("meta"):
         backbone = SenPaMAEBackbone(config, **kwargs)
-    expected = set(backbone.model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the SenPa-MAE encoder {config}: missing keys {missing[:20]}, "
-                         f"unexpected keys {unexpected[:20]}")  # fmt: skip
-    try:
-        backbone.model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: tensor shapes do not match the SenPa-MAE config {config}: {err}") from err
+    strict_load(backbone.model, state, str(path), "SenPa-MAE encoder")
     backbone.freeze()
     return backbone

@@ -59,8 +59,10 @@ from spectralmoe.bands import SENTINEL2_BANDS, as_wavelength_list, default_bandw
 from spectralmoe.models.backbones.common import (
     FamilyConfig,
     locate_weights,
+    random_weights_requested,
     read_family_folder,
     read_state_file,
+    resolve_preset,
     save_folder,
     strict_load,
 )
@@ -353,14 +355,6 @@ def convert_softcon_state_dict(state: dict[str, torch.Tensor], source: str) -> d
     return out
 
 
-def _resolve_config(name: str | SoftConConfig) -> tuple[str | None, SoftConConfig]:
-    if isinstance(name, SoftConConfig):
-        return None, name
-    try:
-        return name, SOFTCON_CONFIGS[name]
-    except KeyError:
-        raise KeyError(f"unknown SoftCon preset {name!r}; known: {', '.join(sorted(SOFTCON_CONFIGS))}") from None
-
 
 def _config_for_state_dict(config: SoftConConfig, state: dict[str, torch.Tensor], source: str) -> SoftConConfig:
     """Adopt the file's kernel size and position grid (the sizes are checked by the strict load)."""
@@ -399,14 +393,11 @@ def build_softcon_backbone(
     format; or None → the preset's hub file (``SOFTCON_WEIGHTS``). ``pretrained=False`` → random init
     (with a warning); works inside ``with torch.device("meta"):``.
     """
-    preset, config = _resolve_config(name)
+    preset, config = resolve_preset(name, SOFTCON_CONFIGS, SoftConConfig)
     wrap = dict(in_wavelengths=in_wavelengths, in_bandwidths=in_bandwidths, out_indices=out_indices,
                 kernel_resize=kernel_resize, gradient_checkpointing=gradient_checkpointing,
                 name=preset or "softcon")  # fmt: skip
-    if not pretrained:
-        if weights is not None:
-            raise ValueError("weights= was given with pretrained=False; drop one of them")
-        logger.warning("SoftCon %s built with RANDOM weights (pretrained=False)", preset or "config")
+    if random_weights_requested(pretrained, weights, "SoftCon", preset):
         return SoftConBackbone(Dinov2Model(config.hf_config()), config, **wrap)
 
     hub = SOFTCON_WEIGHTS.get(preset or "")
