@@ -26,14 +26,6 @@ from spectralmoe.models.adapters.spectralmoe import SpectralMoE
 D, L, E, R, T, Q, P, B, N = 32, 2, 4, 4, 8, 16, 5, 2, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4, rel_atol: float = 1e-5, what=""):
     """|a − e| ≤ rel_atol·max|e| + rtol·|e| elementwise (a tolerance scaled to the tensor's magnitude)."""
     assert actual.shape == expected.shape, (what, actual.shape, expected.shape)

@@ -24,15 +24,6 @@ EPS64 = 2.220446049250313e-16
 PREFIX = "backbone.depthmoe."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with 2 shared cores, OpenMP spin-waiting made this file ~15× slower (30 s vs 2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> None:
     """Elementwise |a − e| ≤ atol + rtol·|e| (torch.testing.assert_close would import DTensor: ~5 s)."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, (actual.shape, expected.shape)

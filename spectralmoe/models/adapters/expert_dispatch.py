@@ -157,24 +157,25 @@ def expert_counts(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
     return torch.bincount(indices.reshape(-1), minlength=num_experts)
 
 
-class _GatherPairs(torch.autograd.Function):
-    """``x[order // k]`` for a permutation ``order`` of the M·k (token, slot) pairs, with a gather-only
-    backward: the gradient goes back to pair order (``inverse``) and is summed over each token's k
-    slots, instead of autograd's scatter-add into zeros (much slower on CPU)."""
+class _GatherSlots(torch.autograd.Function):
+    """``out = x[rows]`` where each output row serves one (token, slot) pair of M·k (sorted by expert,
+    possibly padded: padding rows are never read back). Backward gathers each pair's gradient from its
+    row ``pair_row`` and sums a token's k slots: gathers only, instead of autograd's scatter-add into
+    zeros (much slower on CPU)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k: int
+        ctx, x: torch.Tensor, rows: torch.Tensor, pair_row: torch.Tensor, k: int
     ) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
+        ctx.save_for_backward(pair_row)
         ctx.k = k
-        return x.index_select(0, torch.div(order, k, rounding_mode="floor"))
+        return x.index_select(0, rows)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (inverse,) = ctx.saved_tensors
-        pairs = grad.index_select(0, inverse)
+        (pair_row,) = ctx.saved_tensors
+        pairs = grad.index_select(0, pair_row)
         if ctx.k > 1:
             pairs = pairs.view(-1, ctx.k, *pairs.shape[1:]).sum(1)
         return pairs, None, None, None
@@ -195,29 +196,6 @@ class _Permute(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (inverse,) = ctx.saved_tensors
         return grad.index_select(0, inverse), None, None
-
-
-class _GatherPadded(torch.autograd.Function):
-    """Rows of the expert-padded layout: ``out[q] = x[source[q]]`` ([E·n_max, D]; padding rows copy row 0
-    and are never read back). Backward gathers the gradient of each (token, slot) pair from its padded
-    position ``pair_position`` and sums a token's k slots (gathers only, no scatter-add)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, source: torch.Tensor, pair_position: torch.Tensor, k: int
-    ) -> torch.Tensor:
-        ctx.save_for_backward(pair_position)
-        ctx.k = k
-        return x.index_select(0, source)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (pair_position,) = ctx.saved_tensors
-        pairs = grad.index_select(0, pair_position)
-        if ctx.k > 1:
-            pairs = pairs.view(-1, ctx.k, *pairs.shape[1:]).sum(1)
-        return pairs, None, None, None
 
 
 class _GatherUnique(torch.autograd.Function):
@@ -270,7 +248,7 @@ def _padded_pair_coordinates(
     source = torch.zeros(num_experts * longest, dtype=torch.long, device=device)  # padding rows read row 0
     source[pair_position] = torch.div(torch.arange(flat.numel(), device=device), k, rounding_mode="floor")
     if token_attn == "dot":
-        rows = _GatherPadded.apply(x, source, pair_position, k).view(num_experts, longest, -1)
+        rows = _GatherSlots.apply(x, source, pair_position, k).view(num_experts, longest, -1)
         coords = experts.batched_coordinates(token_attn, projected=torch.bmm(rows, experts.b_stack.transpose(1, 2)
                                                                              .to(rows.dtype)))  # fmt: skip
     else:
@@ -288,7 +266,7 @@ def _looped_pair_coordinates(
     order = torch.argsort(indices.reshape(-1), stable=True)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
-    rows = _GatherPairs.apply(x, order, inverse, k)
+    rows = _GatherSlots.apply(x, torch.div(order, k, rounding_mode="floor"), inverse, k)  # sorted slot q → its token
     blocks: list[torch.Tensor] = []
     start = 0
     for expert, count in enumerate(counts):
