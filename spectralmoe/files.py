@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from spectralmoe.outputs import atomic_write_bytes, temporary_path
+
 __all__ = [
     "atomic_write_bytes",
     "current_umask",
@@ -69,8 +71,6 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str = "") -> Path:
     ``spectralmoe.outputs`` names temporaries (so a later run sweeps it if this one is killed); the
     caller writes it and ``os.replace``-s it onto ``path`` (or deletes it on failure). ``suffix`` is
     appended for writers that infer the format from the name."""
-    from spectralmoe.outputs import temporary_path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
@@ -83,18 +83,8 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str = "") -> Path:
 def staging_folder(path: str | os.PathLike[str]) -> Path:
     """A new, empty temporary folder next to ``path`` with the umask's mode (for writing a folder
     as a whole and renaming it into place), named as ``spectralmoe.outputs`` names temporaries."""
-    from spectralmoe.outputs import temporary_path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = temporary_path(path)
     folder.mkdir(mode=0o777)  # the umask applies, as for os.mkdir()
     return folder
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and a rename; the file follows the umask
-    (``spectralmoe.outputs.atomic_write_bytes``, which also fsyncs)."""
-    from spectralmoe.outputs import atomic_write_bytes as write
-
-    write(path, data)

@@ -20,6 +20,7 @@ checkpoints) must promise the same things, so the rules live here once:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,13 +30,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Mapping
+from typing import BinaryIO, Iterable, Iterator, Literal, Mapping
 
 from spectralmoe.errors import InputError
 
 __all__ = [
     "OutputSet",
     "OutputError",
+    "atomic_open",
     "atomic_write_bytes",
     "owner_alive",
     "parse_temporary",
@@ -166,20 +168,28 @@ def _roll_forward(journal: Path) -> None:
     journal.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a recognisable temporary sibling and a rename."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary handle on a recognisable temporary sibling of ``path``; when the block ends the data
+    is fsynced and renamed onto ``path``, and on any error (Ctrl-C included) the temporary is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a recognisable temporary sibling and a rename."""
+    with atomic_open(path) as handle:
+        handle.write(data)
 
 
 # ------------------------------------------------------------------------------------- the set

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from spectralmoe.bands import Sensor
+from spectralmoe.files import temporary_sibling
+from spectralmoe.outputs import atomic_write_bytes
 
 FORMAT = "spectralmoe-prepared/1"
 INDEX_FILE = "splits.json"
@@ -156,24 +158,6 @@ def _inside(path: str) -> bool:
     return not PurePosixPath(path).is_absolute() and ".." not in parts and bool(parts)
 
 
-# ----------------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a recognisable temporary sibling and a rename
-    (``spectralmoe.outputs``: a later run sweeps what a killed one left)."""
-    from spectralmoe.outputs import atomic_write_bytes as write
-
-    write(path, data)
-
-
-def _temporary_sibling(path: Path) -> Path:
-    from spectralmoe.outputs import temporary_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.touch()
-    return tmp
-
-
 def write_image_tile(
     path: str | os.PathLike[str],
     array: np.ndarray,
@@ -190,7 +174,7 @@ def write_image_tile(
     if array.ndim != 3:
         raise ValueError(f"{path}: image tiles must be [C, H, W], got shape {array.shape}")
     path = Path(path)
-    tmp = _temporary_sibling(path)
+    tmp = temporary_sibling(path)
     profile = {
         "driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": array.shape[0],
         "dtype": array.dtype.name, "compress": "deflate", "interleave": "band",
@@ -225,7 +209,7 @@ def write_label_tile(path: str | os.PathLike[str], label: np.ndarray) -> None:
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"{path}: label tiles must be uint8 [H, W], got {label.dtype} {label.shape}")
     path = Path(path)
-    tmp = _temporary_sibling(path)
+    tmp = temporary_sibling(path)
     try:
         Image.fromarray(label).save(tmp, format="PNG")
         os.replace(tmp, path)

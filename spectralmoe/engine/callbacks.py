@@ -10,7 +10,6 @@ defaults to the trainer's log dir. Files are written by rank 0 only.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spectralmoe.engine.export import export_trainable
-from spectralmoe.outputs import sweep_stale, temporary_path
+from spectralmoe.outputs import atomic_open, sweep_stale
 
 __all__ = ["AtomicCheckpointIO", "ExportBest", "ExportOnFitEnd", "LastCheckpoint"]
 
@@ -46,16 +45,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if target.parent not in self._swept:
             sweep_stale(target.parent)
             self._swept.add(target.parent)
-        tmp = temporary_path(target)
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_open(target) as handle:
+            torch.save(checkpoint, handle)
 
 
 def _folder(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:
