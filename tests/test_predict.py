@@ -32,6 +32,7 @@ from spectralmoe.predict import (
     resolve_checkpoint,
     tile_starts,
 )
+from tests import perturb_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["water", "field", "forest", "urban"]
@@ -57,11 +58,7 @@ def tiny_model(adapter: str = "spectralmoe") -> torch.nn.Module:
     build = {**BUILD, "adapter": adapter, "adapter_kwargs": SMOE if adapter == "spectralmoe" else {}}
     torch.manual_seed(0)
     model = build_segmentor(**build, pretrained=False)
-    generator = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    perturb_trainable(model)
     return model.eval()
 
 

@@ -13,6 +13,7 @@ import spectralmoe
 from spectralmoe.bands import get_sensor
 from spectralmoe.engine import ExportBest, ExportOnFitEnd, export_trainable, load_exported, read_export_config
 from spectralmoe.engine.export import CONFIG_FILE, WEIGHTS_FILE, trainable_state_keys
+from tests import perturb_trainable
 from tests.engine import CLASSES, PALETTE, TASK, datamodule, make_root, tiny_task, trainable, trainer
 
 DATA_FACTS = {
@@ -27,11 +28,7 @@ def built_task(head: str = "mask2former", adapter: str = "spectralmoe", seed: in
     task = tiny_task(head, adapter, **DATA_FACTS)
     torch.manual_seed(seed)
     task.configure_model()
-    generator = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for p in task.segmentor.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    perturb_trainable(task.segmentor)
     return task.eval()
 
 

@@ -22,6 +22,7 @@ from affine import Affine
 from spectralmoe.cli import main
 from spectralmoe.engine.export import export_trainable
 from spectralmoe.models.factory import build_segmentor
+from tests import perturb_trainable
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["water", "field", "forest", "urban"]
@@ -104,11 +105,7 @@ def tiny_model(adapter: str = "spectralmoe") -> torch.nn.Module:
     build = {**BUILD, "adapter": adapter, "adapter_kwargs": BUILD["adapter_kwargs"] if adapter == "spectralmoe" else {}}
     torch.manual_seed(0)
     model = build_segmentor(**build, pretrained=False)
-    generator = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    perturb_trainable(model)
     return model.eval()
 
 
