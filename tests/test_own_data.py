@@ -511,6 +511,26 @@ def test_domains_file_and_a_user_sensor_file_give_the_same_preparation(raw, tmp_
     assert "leaves the file's folder" in _CAPTURED.readouterr().err
 
 
+def test_prepare_folder_reads_wavelength_metadata_as_predict_scene_does(raw, tmp_path):
+    """Tiles without band descriptions whose metadata gives every band's wavelength (GDAL ``IMAGERY``
+    ``CENTRAL_WAVELENGTH_UM``) are known bands, read by the same ``BandInfo`` as ``predict-scene`` uses; tiles
+    whose metadata differ are refused."""
+    tiles = sorted((raw / "siteB-reordered" / "images").glob("*.tif"))
+    for k, tile in enumerate(tiles):
+        with rasterio.open(tile) as src:
+            bgrn = src.read()
+        write_tile(tile, bgrn, k=10 + k, nodata=0)  # no descriptions
+        with rasterio.open(tile, "r+") as dst:
+            for band, wavelength in enumerate(("0.49", "0.56", "0.665", "0.83"), start=1):
+                dst.update_tags(band, ns="IMAGERY", CENTRAL_WAVELENGTH_UM=wavelength)
+    assert main(prepare_args(raw, tmp_path / "a")) == 0
+    domain = PreparedIndex.load(tmp_path / "a").options["domains"]["siteB-reordered"]
+    assert domain["bands_from"] == "wavelength metadata" and domain["model_bands_from_file_bands"] == [1, 2, 3, 4]
+    with rasterio.open(tiles[0], "r+") as dst:
+        dst.update_tags(4, ns="IMAGERY", CENTRAL_WAVELENGTH_UM="0.865")
+    _refused(raw, tmp_path / "b", r"domain 'siteB-reordered': band wavelength metadata differ between")
+
+
 def test_last_ckpt_holds_the_last_weights_when_the_best_came_earlier(journey, tmp_path):
     """Monitoring ``step`` in mode ``min`` makes the first validation the best forever: ``last.ckpt`` must still
     follow the run to its last step. Lightning's own ``ModelCheckpoint`` (the negative control, added next

@@ -13,7 +13,8 @@ What it does, in this order:
    is one integer band of the image's size, on the image's CRS and transform when both are
    georeferenced; every label value (after ``label_offset``) is a class of the class list or 255
    (ignore); each domain's bands are known (``--sensor`` name or YAML file, ``--wavelengths``, or
-   the images' band descriptions naming every band: "B,G,R,NIR", "Blue", "B08", "842 nm"…); and
+   the images' band descriptions naming every band: "B,G,R,NIR", "Blue", "B08", "842 nm"…, or
+   their wavelength metadata, read as ``predict-scene`` reads a scene: ``data.io.BandInfo``); and
    every domain's bands MATCH the model's (the first source domain's) by wavelength
    (``bands.match_bands``: within 60 nm; a missing band is an error naming the domain, the band
    and its wavelength).
@@ -97,7 +98,7 @@ class _Tile:
     height: int = 0
     width: int = 0
     dtype: str = ""
-    descriptions: tuple[str | None, ...] = ()
+    band_info: Any = None  # data.io.BandInfo: descriptions and wavelength metadata
     holdout: bool = False
 
 
@@ -161,7 +162,7 @@ def _check_pair(spec: DomainSpec, tile: _Tile) -> None:
 
     image, label = _header(tile.image), _header(tile.label)
     tile.bands, tile.height, tile.width, tile.dtype = image["count"], image["height"], image["width"], image["dtype"]
-    tile.descriptions = read_band_info(tile.image).descriptions
+    tile.band_info = read_band_info(tile.image)
     if min(tile.height, tile.width) < MIN_TILE:
         raise ValueError(f"domain {spec.name!r}: {tile.image} is {tile.width} × {tile.height} px; tiles must be at "
                          f"least {MIN_TILE} × {MIN_TILE} px")  # fmt: skip
@@ -182,7 +183,7 @@ def _check_pair(spec: DomainSpec, tile: _Tile) -> None:
 
 def _sensor(spec: DomainSpec, tiles: Sequence[_Tile]) -> tuple[Any, str]:
     """The domain's sensor record (value scale possibly provisional) and where its bands come from."""
-    from spectralmoe.bands import Sensor, load_sensor, wavelengths_from_band_names
+    from spectralmoe.bands import Sensor, load_sensor
 
     first = tiles[0]
     counts = sorted({t.bands for t in tiles})
@@ -195,7 +196,7 @@ def _sensor(spec: DomainSpec, tiles: Sequence[_Tile]) -> tuple[Any, str]:
         odd = next(t for t in tiles if t.dtype != first.dtype)
         raise ValueError(f"domain {spec.name!r}: images have different data types {dtypes}: {first.image} is "
                          f"{first.dtype}, {odd.image} is {odd.dtype}")  # fmt: skip
-    names = tuple(d or f"B{i + 1}" for i, d in enumerate(first.descriptions))
+    names = tuple(d or f"B{i + 1}" for i, d in enumerate(first.band_info.descriptions))
     scale = spec.value_scale if spec.value_scale is not None else (255.0 if first.dtype == "uint8" else 1.0)
     if spec.sensor is not None and spec.wavelengths is not None:
         raise ValueError(f"domain {spec.name!r}: give either a sensor or wavelengths, not both")
@@ -209,18 +210,23 @@ def _sensor(spec: DomainSpec, tiles: Sequence[_Tile]) -> tuple[Any, str]:
                         f"bands of domain {spec.name} (--wavelengths)")  # fmt: skip
         how = "--wavelengths"
     else:
-        described = [t for t in tiles if t.descriptions != first.descriptions]
-        if described:
-            raise ValueError(f"domain {spec.name!r}: band descriptions differ between {first.image} "
-                             f"{list(first.descriptions)} and {described[0].image} {list(described[0].descriptions)}; "
-                             "give --sensor or --wavelengths")  # fmt: skip
-        waves = wavelengths_from_band_names(list(first.descriptions))
-        if waves is None:
+        # what the files say, read as predict-scene reads a scene (data.io.BandInfo.wavelengths)
+        for what, attribute in (("band descriptions", "descriptions"),
+                                ("band wavelength metadata", "tag_wavelengths_um")):
+            value = getattr(first.band_info, attribute)
+            other = next((t for t in tiles if getattr(t.band_info, attribute) != value), None)
+            if other is not None:
+                raise ValueError(f"domain {spec.name!r}: {what} differ between {first.image} {list(value)} and "
+                                 f"{other.image} {list(getattr(other.band_info, attribute))}; give --sensor or "
+                                 "--wavelengths")  # fmt: skip
+        described = first.band_info.wavelengths()
+        if described is None:
             raise ValueError(f"domain {spec.name!r}: the bands of {first.image} are unknown — their descriptions "
-                             f"{list(first.descriptions)} do not name every band (e.g. B,G,R,NIR, Blue, B08, 842 nm); "
-                             "give --sensor NAME|FILE.yaml or --wavelengths")  # fmt: skip
-        record = Sensor(spec.name, names, waves, scale, f"bands of domain {spec.name} (from band descriptions)")
-        how = "band descriptions " + ",".join(names)
+                             f"{list(first.band_info.descriptions)} do not name every band (e.g. B,G,R,NIR, Blue, B08, "
+                             "842 nm) and no wavelength metadata gives every band's; give --sensor NAME|FILE.yaml or "
+                             "--wavelengths")  # fmt: skip
+        waves, how = described
+        record = Sensor(spec.name, names, waves, scale, f"bands of domain {spec.name} (from {how})")
     if record.num_bands != first.bands:
         raise ValueError(f"domain {spec.name!r}: {first.image} has {first.bands} bands but {how} describes "
                          f"{record.num_bands} {list(record.band_names)}")  # fmt: skip
@@ -670,7 +676,8 @@ def add_prepare_folder_parser(subparsers: argparse._SubParsersAction) -> argpars
     p.add_argument("--labels", action=_DomainAction, type=Path, metavar="DIR",
                    help="label folder of this domain (same relative path and stem as each image; .png/.tif)")
     p.add_argument("--sensor", action=_DomainAction, metavar="NAME|FILE.yaml",
-                   help="this domain's sensor: built-in name or sensor YAML (default: the images' band descriptions)")
+                   help="this domain's sensor: built-in name or sensor YAML (default: the images' band descriptions "
+                        "or wavelength metadata)")
     p.add_argument("--wavelengths", action=_DomainAction, nargs="+", metavar="UM",
                    help="this domain's band centre wavelengths in µm, file order (nan = non-spectral)")
     p.add_argument("--domain", action=_DomainAction, metavar="NAME", help="this domain's name (default: the image "
