@@ -51,7 +51,6 @@ import dataclasses
 import logging
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from torch import nn
 from spectralmoe.bands import as_wavelength_list
 from spectralmoe.models.heads.light import IGNORE_INDEX, check_mask
 from spectralmoe.models.backbones.base import exact_patch_embedding
+from spectralmoe.models.backbones.common import load_tensors_only
 from spectralmoe.models.segmentor import sliding_window_logits
 
 logger = logging.getLogger(__name__)
@@ -606,13 +606,6 @@ def convert_official_state_dict(state: dict[str, torch.Tensor], source: str = "s
     return converted
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds objects other than tensors; re-save only the state dict") from err
-
-
 def _state_of(raw: Any, source: str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(raw, dict) and isinstance(raw.get(key), dict):
@@ -631,7 +624,7 @@ def _read_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return {k: v.clone() for k, v in load_file(str(path)).items()}
-    return _state_of(_torch_load(path), str(path))
+    return _state_of(load_tensors_only(path, "re-save only the state dict"), str(path))
 
 
 def load_imagenet_encoder(model: DSTC, source: str | os.PathLike | None = None) -> list[str]:

@@ -368,3 +368,21 @@ def test_written_family_builders_share_preset_and_random_weight_rules(family: st
         backbone = builder(configs[tiny], pretrained=False, in_wavelengths=[0.665, 0.56, 0.49])  # a config, as is
     assert f"{label} config built with RANDOM weights" in caplog.text
     assert backbone.embed_dim == configs[tiny].embed_dim
+
+
+def test_every_foreign_weight_reader_refuses_objects_other_than_tensors(tmp_path) -> None:
+    """A pickle that names a class (here a Namespace of training arguments) is refused before any of its
+    code could run, by every reader of foreign weight files (``common.load_tensors_only`` behind them)."""
+    import argparse
+
+    from spectralmoe.models import dstc
+    from spectralmoe.models.backbones import common, galileo, senpamae
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1.0)}, path)
+    readers = [common.read_state_file, galileo.load_galileo_state_dict, senpamae._load_checkpoint, dstc._read_state]
+    for read in readers:
+        with pytest.raises(ValueError, match=r"checkpoint.pth: holds objects other than tensors; "):
+            read(path)
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}}, path)  # positive control: tensors only
+    assert torch.equal(common.read_state_file(path)["w"], torch.zeros(1))

@@ -50,6 +50,7 @@ __all__ = [
     "PreNormMLP",
     "PreNormBlock",
     "check_out_indices",
+    "load_tensors_only",
     "read_state_file",
     "drop_keys",
     "strict_load",
@@ -353,14 +354,13 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "module", "teacher",
 _WRAPPER_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
+def load_tensors_only(path: str | os.PathLike, hint: str = "re-save only its model state dict") -> Any:
+    """``torch.load`` of an untrusted file with ``weights_only=True`` (tensors, numbers, containers; no
+    code runs); anything else is refused with ``hint`` on what to re-save."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: holds objects other than tensors (a training checkpoint with optimizer/args?); "
-            "re-save only its model state dict"
-        ) from err
+        raise ValueError(f"{path}: holds objects other than tensors; {hint}") from err
 
 
 def read_state_file(path: str | os.PathLike, *, strip_prefixes: Sequence[str] = _WRAPPER_PREFIXES
@@ -375,7 +375,7 @@ def read_state_file(path: str | os.PathLike, *, strip_prefixes: Sequence[str] = 
 
         raw = {k: v.clone() for k, v in load_file(str(path), device="cpu").items()}
     else:
-        raw = _torch_load(path)
+        raw = load_tensors_only(path, "a training checkpoint with optimizer/args? Re-save only its model state dict")
     state = raw
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

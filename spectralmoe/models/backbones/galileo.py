@@ -55,7 +55,6 @@ import json
 import logging
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
@@ -68,6 +67,7 @@ from spectralmoe.bands import DEFAULT_GSD_M, SENTINEL2_BANDS, as_wavelength_list
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
 from spectralmoe.models.backbones.common import (
     FamilyConfig,
+    load_tensors_only,
     random_weights_requested,
     resolve_preset,
     sincos_embedding_1d,
@@ -455,10 +455,7 @@ class GalileoBackbone(FrozenBackbone):
 
 def load_galileo_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a released ``encoder.pt`` (a plain state dict) safely; drop the stray ``.backbone`` some keys carry."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds objects other than tensors; expected Galileo's encoder.pt state dict") from err
+    raw = load_tensors_only(path, "expected Galileo's encoder.pt state dict")
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (Galileo's encoder.pt)")
     return {k.replace(".backbone", "").removeprefix("module."): v.float() for k, v in raw.items()}

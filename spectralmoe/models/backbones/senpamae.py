@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from spectralmoe.bands import DEFAULT_GSD_M, as_wavelength_list, default_bandwid
 from spectralmoe.models.backbones.base import FrozenBackbone, default_out_indices
 from spectralmoe.models.backbones.common import (
     FamilyConfig,
+    load_tensors_only,
     random_weights_requested,
     resample_pos_embed,
     resolve_preset,
@@ -377,11 +377,7 @@ def convert_training_checkpoint(raw: Any, source: str = "checkpoint") -> dict[st
 
 
 def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds objects that are not tensors, numbers or containers; refusing to unpickle "
-                         "it (re-save {'model_state_dict': model.state_dict()})") from err  # fmt: skip
+    raw = load_tensors_only(path, "re-save {'model_state_dict': model.state_dict()}")
     return convert_training_checkpoint(raw, str(path))
 
 
