@@ -302,9 +302,12 @@ def test_single_task_rows_train_two_steps_and_validate(row, fake_roots, tmp_path
 
 
 def _fit_two_steps(task_file: Path, method_file: Path, root: Path, tiny_task: Path, tmp_path: Path,
-                   validate: bool) -> dict[str, Any]:  # fmt: skip
+                   validate: bool, model_args: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Two steps of ``spectralmoe fit`` (tiny stand-ins: ``model_args``, default ``tiny_model_args(method_file)``);
+    checks the export and, with ``validate``, the validation on both target domains; returns the export record."""
     code = main([
-        "fit", "-c", str(task_file), "-c", str(method_file), *tiny_model_args(method_file),
+        "fit", "-c", str(task_file), "-c", str(method_file),
+        *(tiny_model_args(method_file) if model_args is None else model_args),
         "--data.root", str(root), "--data.task", str(tiny_task), "--data.batch_size", "2",
         "--data.eval_batch_size", "2", "--data.num_workers", "0",
         *cpu_trainer_args(max_steps=2, val_check_interval=2, limit_val_batches=1.0 if validate else 0,
@@ -341,25 +344,9 @@ def test_every_method_trains_on_the_new_backbones(backbone, method, head, fake_r
     method_file = own if own.is_file() else CONFIGS / "methods" / f"{method}_dinov3-vitl16.yaml"
     task_file = CONFIGS / "tasks" / f"{NEW_BACKBONE_TASK}.yaml"
     root, tiny_task = fake_roots[NEW_BACKBONE_TASK]
-    validate = method == "spectralmoe"
-    code = main([
-        "fit", "-c", str(task_file), "-c", str(method_file), *tiny_model_args(method_file, backbone, head),
-        "--data.root", str(root), "--data.task", str(tiny_task), "--data.batch_size", "2",
-        "--data.eval_batch_size", "2", "--data.num_workers", "0",
-        *cpu_trainer_args(max_steps=2, val_check_interval=2, limit_val_batches=1.0 if validate else 0,
-                          logger=False, default_root_dir=str(tmp_path)),
-        "--checkpoint.dirpath", str(tmp_path / "ckpt"), "--export.dirpath", str(tmp_path),
-        "--model.metrics_dir", str(tmp_path),
-    ])  # fmt: skip
-    assert code == 0
-    export = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
-    assert export["metadata"]["step"] == 2
+    export = _fit_two_steps(task_file, method_file, root, tiny_task, tmp_path, validate=method == "spectralmoe",
+                            model_args=tiny_model_args(method_file, backbone, head))  # fmt: skip
     build = export["build"]
     assert (build["backbone"], build["adapter"], build["head"]) == (TINY_BACKBONES[backbone], method, head)
     gf2 = get_sensor("gf2")
     assert build["gsd_m"] == gf2.gsd_m == 4.0 and build["in_bandwidths"] == list(gf2.bandwidths())
-    weights = load_file(tmp_path / "export" / WEIGHTS_FILE)
-    assert weights and all(bool(t.isfinite().all()) for t in weights.values())
-    if validate:
-        report = json.loads((tmp_path / "metrics_val_epoch1_step2.json").read_text())
-        assert len(report["domains"]) == 2
