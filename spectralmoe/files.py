@@ -10,13 +10,16 @@ mode a plain ``open()`` / ``mkdir()`` would have given it (0666 / 0777 minus the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
+from typing import Iterator
 
 from spectralmoe.outputs import atomic_write_bytes, temporary_path
 
 __all__ = [
+    "atomic_path",
     "atomic_write_bytes",
     "current_umask",
     "default_dir_mode",
@@ -78,6 +81,20 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str = "") -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     os.close(fd)
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """For writers that take a file name (GDAL, Pillow, matplotlib): a new temporary sibling of
+    ``path`` (``temporary_sibling``) to write; renamed onto ``path`` when the block ends, removed on
+    any error (Ctrl-C included), so ``path`` is never half-written."""
+    tmp = temporary_sibling(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def staging_folder(path: str | os.PathLike[str]) -> Path:

@@ -146,17 +146,11 @@ def add_legend(ax: Any, names: Sequence[str], palette: Palette, *, title: str | 
 # ------------------------------------------------------------------------------------------ figures
 def save_figure(fig: Any, path: PathLike, *, dpi: int = 100) -> Path:
     """Write a matplotlib figure as PNG via a temporary sibling file and a rename (never half-written)."""
-    from spectralmoe.outputs import temporary_path
+    from spectralmoe.files import atomic_path
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -56,3 +56,20 @@ def test_export_folder_follows_the_umask(umask, tmp_path):
     folder = export_trainable(model, tmp_path / "export", build_config=config)
     assert _mode(folder) == 0o777 & ~umask
     assert {_mode(p) for p in folder.iterdir()} == {0o666 & ~umask}
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    """``files.atomic_path``: the target appears only whole; a failing writer leaves the older file and no
+    temporary (what the tile, class-map and figure writers rely on)."""
+    from spectralmoe.files import atomic_path
+
+    target = tmp_path / "out" / "map.tif"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.exists() and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["map.tif"]

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from spectralmoe.bands import Sensor
-from spectralmoe.files import temporary_sibling
+from spectralmoe.files import atomic_path
 from spectralmoe.outputs import atomic_write_bytes
 
 FORMAT = "spectralmoe-prepared/1"
@@ -174,7 +174,6 @@ def write_image_tile(
     if array.ndim != 3:
         raise ValueError(f"{path}: image tiles must be [C, H, W], got shape {array.shape}")
     path = Path(path)
-    tmp = temporary_sibling(path)
     profile = {
         "driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": array.shape[0],
         "dtype": array.dtype.name, "compress": "deflate", "interleave": "band",
@@ -187,19 +186,14 @@ def write_image_tile(
         profile["transform"] = transform
     if nodata is not None:
         profile["nodata"] = nodata
-    try:
-        with warnings.catch_warnings():
-            # Tiles cut from non-georeferenced rasters (PNG benchmarks) legitimately have no transform.
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(array)
-                if band_names is not None:
-                    for i, name in enumerate(band_names, start=1):
-                        dst.set_band_description(i, name)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Tiles cut from non-georeferenced rasters (PNG benchmarks) legitimately have no transform.
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+            if band_names is not None:
+                for i, name in enumerate(band_names, start=1):
+                    dst.set_band_description(i, name)
 
 
 def write_label_tile(path: str | os.PathLike[str], label: np.ndarray) -> None:
@@ -208,11 +202,5 @@ def write_label_tile(path: str | os.PathLike[str], label: np.ndarray) -> None:
 
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"{path}: label tiles must be uint8 [H, W], got {label.dtype} {label.shape}")
-    path = Path(path)
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from spectralmoe.files import temporary_sibling
+from spectralmoe.files import atomic_path
 
 __all__ = ["MapFormat", "NODATA_CLASS", "write_class_map"]
 
@@ -55,18 +55,13 @@ def write_class_map(
     if labels.ndim != 2:
         raise ValueError(f"{target}: a class map must be [H, W], got shape {labels.shape}")
     target = target.with_suffix(f".{fmt}")
-    tmp = temporary_sibling(target, suffix=f".tmp.{fmt}")
-    try:
+    if fmt not in ("png", "tif"):
+        raise ValueError(f"class-map format must be 'tif' or 'png', got {fmt!r}")
+    with atomic_path(target, suffix=f".tmp.{fmt}") as tmp:
         if fmt == "png":
             _write_png(tmp, labels, palette)
-        elif fmt == "tif":
-            _write_tif(tmp, labels, palette, class_names, source)
         else:
-            raise ValueError(f"class-map format must be 'tif' or 'png', got {fmt!r}")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            _write_tif(tmp, labels, palette, class_names, source)
     return target
 
 
