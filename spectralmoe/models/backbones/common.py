@@ -457,17 +457,17 @@ def hub_download(repo_id: str, filename: str) -> str:
 
 def save_folder(folder: str | os.PathLike, state: dict[str, torch.Tensor], config: dict[str, Any], model_type: str
                 ) -> Path:  # fmt: skip
-    """Write ``model.safetensors`` and ``config.json`` (with ``model_type``), each through a temp file."""
+    """Write ``model.safetensors`` and ``config.json`` (with ``model_type``), each whole (temporary + rename)."""
     from safetensors.torch import save_file
 
+    from spectralmoe.files import atomic_path, atomic_write_bytes
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp_weights, tmp_config = folder / "model.safetensors.tmp", folder / "config.json.tmp"
-    save_file(tensors, str(tmp_weights), metadata={"format": "pt", "model_type": model_type})
-    tmp_config.write_text(json.dumps({"model_type": model_type, **config}, indent=2) + "\n")
-    os.replace(tmp_weights, folder / "model.safetensors")
-    os.replace(tmp_config, folder / "config.json")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "model_type": model_type})
+    text = json.dumps({"model_type": model_type, **config}, indent=2) + "\n"
+    atomic_write_bytes(folder / "config.json", text.encode())
     return folder
 
 
